@@ -1,0 +1,52 @@
+"""Extensions, created unbound and bound in create_app(); Redis and queue factories."""
+
+import simplejson
+from flask import current_app
+from flask.json.provider import DefaultJSONProvider
+from flask_migrate import Migrate
+from flask_smorest import Api
+from flask_sqlalchemy import SQLAlchemy
+from redis import Redis
+from rq import Queue
+from sqlalchemy import MetaData
+
+# Stable constraint names, so Alembic migrations name them the same on every database.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+QUEUE_NAME = "prices"
+
+db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING_CONVENTION))
+migrate = Migrate()
+api = Api()
+
+
+class ExactJSONProvider(DefaultJSONProvider):
+    """JSON that writes Decimal as a bare number with its exact digits (86955.73, never "86955.73").
+
+    The standard library can only write Decimal as a string or through float; simplejson
+    writes it verbatim, which is how a price Deribit sent comes back digit for digit.
+    """
+
+    sort_keys = False
+
+    def dumps(self, obj, **kwargs):
+        kwargs.setdefault("default", self.default)
+        kwargs.setdefault("ensure_ascii", self.ensure_ascii)
+        kwargs.setdefault("sort_keys", self.sort_keys)
+        return simplejson.dumps(obj, use_decimal=True, **kwargs)
+
+
+def redis_connection(url=None):
+    """A Redis client for the configured URL (RESP2: what RQ and rq-scheduler are written for)."""
+    return Redis.from_url(url or current_app.config["REDIS_URL"], protocol=2)
+
+
+def fetch_queue(connection=None):
+    """The RQ queue the fetch job runs on."""
+    return Queue(QUEUE_NAME, connection=connection or redis_connection())
