@@ -1,0 +1,151 @@
+"""The Deribit client: one session, timeouts, bounded retries, strict parsing, own errors."""
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+
+import requests
+from requests.adapters import HTTPAdapter
+
+# Deribit error codes worth another try: rate limits, overload, maintenance, timeouts.
+RETRYABLE_CODES = frozenset({10028, 10040, 10041, 10047, 10066, 11051, 11094, 13028, 13888})
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class DeribitError(Exception):
+    """No usable price could be had from Deribit. `reason` is a short machine-readable tag."""
+
+    reason = "error"
+
+    def __init__(self, message, reason=None):
+        super().__init__(message)
+        if reason:
+            self.reason = reason
+
+
+class DeribitUnavailable(DeribitError):
+    """Deribit could not be reached or kept failing in a retryable way."""
+
+    reason = "unavailable"
+
+
+class DeribitRejected(DeribitError):
+    """Deribit answered with an error that another try would not fix (e.g. unknown index)."""
+
+    reason = "rejected"
+
+
+class InvalidPrice(DeribitError):
+    """The answer held no usable price: malformed, missing, non-numeric, <= 0 or not finite."""
+
+    reason = "invalid_price"
+
+
+class DeribitClient:
+    """Fetches index prices from Deribit's public JSON-RPC-over-HTTP API."""
+
+    def __init__(self, base_url, timeout=5.0, attempts=3, backoff=0.25, pool_size=10):
+        self.url = base_url.rstrip("/") + "/public/get_index_price"
+        self.timeout = timeout
+        self.attempts = attempts
+        self.backoff = backoff
+        self.pool_size = pool_size
+        self.session = requests.Session()
+        # One kept-alive connection per ticker fetched at once.
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers["User-Agent"] = "deribit-price-tracker"
+
+    def index_prices(self, index_names, deadline):
+        """Fetch several index prices concurrently; returns {name: Decimal or DeribitError}."""
+        names = list(index_names)
+        if not names:
+            return {}
+        workers = min(len(names), self.pool_size)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deribit") as pool:
+            results = pool.map(lambda name: self._price_or_error(name, deadline), names)
+            return dict(zip(names, results, strict=True))
+
+    def _price_or_error(self, index_name, deadline):
+        try:
+            return self.index_price(index_name, deadline)
+        except DeribitError as exc:
+            return exc
+
+    def index_price(self, index_name, deadline=None):
+        """The current index price of `index_name`, retried until `deadline` (time.monotonic())."""
+        if deadline is None:
+            deadline = time.monotonic() + self.attempts * (self.timeout + self.backoff * 4)
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return self._request(index_name, deadline)
+            except DeribitUnavailable as exc:
+                pause = self.backoff * 2 ** (attempt - 1)
+                if attempt == self.attempts or time.monotonic() + pause >= deadline:
+                    raise DeribitUnavailable(
+                        f"{exc} (gave up after {attempt} attempt{'s' * (attempt > 1)})", exc.reason
+                    ) from exc
+                time.sleep(pause)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _request(self, index_name, deadline):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeribitUnavailable("no time left for a request", "deadline")
+        timeout = min(self.timeout, remaining)
+        try:
+            response = self.session.get(
+                self.url, params={"index_name": index_name}, timeout=(timeout, timeout)
+            )
+        except requests.Timeout as exc:
+            raise DeribitUnavailable(f"timed out after {timeout:.1f}s", "timeout") from exc
+        except requests.RequestException as exc:
+            raise DeribitUnavailable(f"connection failed: {exc}", "connection") from exc
+        return parse_index_price(response.status_code, response.content)
+
+
+def parse_index_price(status, body):
+    """Turn Deribit's HTTP answer into an exact, positive, finite Decimal or raise DeribitError."""
+    try:
+        # parse_float=Decimal keeps the digits exactly as sent; NaN/Infinity become Decimal too
+        # so that they are rejected below with their own reason.
+        document = json.loads(body, parse_float=Decimal, parse_constant=Decimal)
+    except ValueError as exc:
+        if status in RETRYABLE_STATUSES:
+            raise DeribitUnavailable(f"HTTP {status}", f"http_{status}") from exc
+        raise InvalidPrice(f"malformed JSON (HTTP {status})", "malformed_json") from exc
+    if not isinstance(document, dict):
+        raise InvalidPrice("answer is not a JSON object", "malformed_json")
+
+    error = document.get("error")
+    if error is not None:
+        code = error.get("code") if isinstance(error, dict) else None
+        message = error.get("message") if isinstance(error, dict) else error
+        text = f"Deribit error {code}: {message}"
+        if code in RETRYABLE_CODES or status in RETRYABLE_STATUSES:
+            raise DeribitUnavailable(text, f"deribit_{code}")
+        raise DeribitRejected(text, f"deribit_{code}")
+    if status in RETRYABLE_STATUSES:
+        raise DeribitUnavailable(f"HTTP {status}", f"http_{status}")
+    if status != 200:
+        raise DeribitRejected(f"HTTP {status}", f"http_{status}")
+
+    result = document.get("result")
+    price = result.get("index_price") if isinstance(result, dict) else None
+    return validate_price(price)
+
+
+def validate_price(price):
+    """Accept only a JSON number that is finite and > 0; anything else is garbage."""
+    if price is None:
+        raise InvalidPrice("no index_price in the answer", "missing_price")
+    if isinstance(price, bool) or not isinstance(price, (int, Decimal)):
+        raise InvalidPrice(f"index_price is not a number: {price!r}", "non_numeric")
+    price = Decimal(price)
+    if not price.is_finite():
+        raise InvalidPrice(f"index_price is not finite: {price}", "not_finite")
+    if price <= 0:
+        raise InvalidPrice(f"index_price is not positive: {price}", "non_positive")
+    return price
