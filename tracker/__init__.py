@@ -1,0 +1,95 @@
+"""The Deribit price tracker: create_app() wires config, extensions, API, errors and CLI."""
+
+import logging
+import os
+from http import HTTPStatus
+from pathlib import Path
+
+import flask_swagger_ui
+from flask import Flask, jsonify, send_from_directory
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from werkzeug.exceptions import HTTPException
+
+from tracker.config import ConfigError, load_config
+
+# Aliased: importing the tracker.api module below would shadow a plain `api` name here.
+from tracker.extensions import ExactJSONProvider, db, migrate
+from tracker.extensions import api as rest_api
+
+__all__ = ["ConfigError", "create_app"]
+
+SWAGGER_UI_DIST = Path(flask_swagger_ui.__file__).parent / "dist"
+
+API_SETTINGS = {
+    "API_TITLE": "Deribit price tracker",
+    "API_VERSION": "v1",
+    "OPENAPI_VERSION": "3.0.3",
+    "OPENAPI_URL_PREFIX": "/",
+    "OPENAPI_JSON_PATH": "openapi.json",
+    "OPENAPI_SWAGGER_UI_PATH": "docs",
+    # Relative, so the page finds its assets under any path prefix a reverse proxy adds.
+    "OPENAPI_SWAGGER_UI_URL": "swagger-ui/",
+    "OPENAPI_REDOC_PATH": "redoc",
+    "OPENAPI_REDOC_URL": "https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js",
+}
+
+
+def create_app(test_config=None):
+    """Build the app from the environment; `test_config` overrides it (same validation)."""
+    app = Flask(__name__, instance_relative_config=True)
+    app.json = ExactJSONProvider(app)
+    app.config.update(API_SETTINGS)
+    app.config.update(load_config(os.environ, test_config))
+    logging.basicConfig(
+        level=app.config["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    db.init_app(app)
+    migrate.init_app(app, db)
+    rest_api.init_app(app)
+
+    from tracker.api import blp
+
+    rest_api.register_blueprint(blp)
+    app.add_url_rule("/swagger-ui/<path:filename>", "swagger_ui_assets", _swagger_ui_asset)
+    _register_error_handlers(app)
+
+    from tracker.cli import register_commands
+
+    register_commands(app)
+    return app
+
+
+def _swagger_ui_asset(filename):
+    """Serve Swagger UI's files from the installed wheel: /docs works with no internet."""
+    return send_from_directory(SWAGGER_UI_DIST, filename, max_age=86400)
+
+
+def error_response(status, message):
+    """A JSON error in flask-smorest's shape: {"code", "status", "message"}."""
+    body = {"code": status, "status": HTTPStatus(status).phrase, "message": message}
+    return jsonify(body), status
+
+
+def _register_error_handlers(app):
+    @app.errorhandler(HTTPException)
+    def http_error(exc):
+        # flask-smorest renders HTTP errors as JSON; give bare ones (unknown path, wrong
+        # method) a message too, so every error says what is wrong.
+        if not getattr(exc, "data", None):
+            exc.data = {"message": exc.description}
+        return rest_api.handle_http_exception(exc)
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(PoolTimeout)
+    def database_unavailable(exc):
+        app.logger.warning("database unavailable: %s", str(exc).splitlines()[0])
+        response, status = error_response(503, "Database unavailable, retry later.")
+        response.headers["Retry-After"] = "5"
+        return response, status
+
+    @app.errorhandler(Exception)
+    def internal_error(exc):
+        app.logger.exception("unhandled error")
+        return error_response(500, "Internal server error.")

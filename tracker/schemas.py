@@ -1,0 +1,189 @@
+"""Marshmallow schemas: the API's query arguments and responses."""
+
+import base64
+import binascii
+import re
+from datetime import UTC, date, datetime
+
+from flask import current_app
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+# UNIX seconds the API accepts: 1970-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
+MIN_TIME = 0
+MAX_TIME = 253402300799
+TIME_HELP = "UNIX seconds (1763928000) or ISO 8601 (2026-11-23, 2026-11-23T20:00:00Z)"
+CURSOR_RE = re.compile(r"([a-z0-9]+_[a-z0-9]+):(\d{1,12})")
+# "...T01:00:00 01:00": a "+01:00" offset whose "+" an unencoded query string turned into a space.
+SPACED_OFFSET_RE = re.compile(r"(\d{4}-\d\d-\d\d[T ]\d\d:\d\d(?::\d\d(?:\.\d+)?)?) (\d\d:\d\d)")
+
+
+class TickerField(fields.String):
+    """A tracked ticker, case-insensitive; loads as its lower-case name."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        ticker = super()._deserialize(value, attr, data, **kwargs).strip().lower()
+        tracked = current_app.config["TICKERS"]
+        if ticker not in tracked:
+            raise ValidationError(
+                f"Unknown ticker {value!r}. Tracked tickers: {', '.join(tracked)}."
+            )
+        return ticker
+
+
+class TimeField(fields.Field):
+    """A moment as UNIX seconds or ISO 8601 (naive times and bare dates are UTC); loads as int."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = str(value).strip()
+        if re.fullmatch(r"-?\d+", text):
+            timestamp = int(text)
+        else:
+            text = SPACED_OFFSET_RE.sub(r"\1+\2", text)
+            try:
+                moment = datetime.fromisoformat(text)
+            except ValueError:
+                raise ValidationError(f"Not a valid time {text!r}: use {TIME_HELP}.") from None
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            timestamp = int(moment.timestamp())
+        if not MIN_TIME <= timestamp <= MAX_TIME:
+            raise ValidationError(
+                f"Time {text!r} is out of range: it must lie between "
+                "1970-01-01T00:00:00Z (0) and 9999-12-31T23:59:59Z (253402300799)."
+            )
+        return timestamp
+
+
+def encode_cursor(ticker, timestamp):
+    """The opaque cursor for the page that follows a row of `ticker` at `timestamp`."""
+    return base64.urlsafe_b64encode(f"{ticker}:{timestamp}".encode()).decode().rstrip("=")
+
+
+class CursorField(fields.String):
+    """A next_cursor from a previous page; loads as (ticker, timestamp)."""
+
+    default_error_messages = {
+        "invalid_cursor": "Invalid cursor: pass the next_cursor of a previous page unchanged."
+    }
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+            match = CURSOR_RE.fullmatch(raw.decode("ascii"))
+        except (binascii.Error, ValueError):
+            match = None
+        if match is None or int(match[2]) > MAX_TIME:
+            raise self.make_error("invalid_cursor")
+        return match[1], int(match[2])
+
+
+class TickerArgsSchema(Schema):
+    """The `ticker` query parameter every endpoint takes."""
+
+    ticker = TickerField(
+        required=True,
+        metadata={
+            "description": "A tracked Deribit index name, case-insensitive (see TICKERS).",
+            "example": "btc_usd",
+        },
+    )
+
+
+class PageArgsSchema(TickerArgsSchema):
+    """Keyset pagination: `limit` and the `cursor` of the previous page."""
+
+    limit = fields.Integer(
+        load_default=100,
+        validate=validate.Range(min=1, max=1000),
+        metadata={"description": "Items per page, 1 to 1000.", "example": 100},
+    )
+    cursor = CursorField(
+        metadata={
+            "description": "The `next_cursor` of the previous page; omit for the first page.",
+            "example": encode_cursor("btc_usd", 1763928000),
+        }
+    )
+
+    @validates_schema
+    def cursor_matches_ticker(self, data, **kwargs):
+        if "cursor" in data and data["cursor"][0] != data["ticker"]:
+            raise ValidationError(
+                f"This cursor belongs to ticker {data['cursor'][0]}, not {data['ticker']}.",
+                "cursor",
+            )
+
+
+class PriceQueryArgsSchema(PageArgsSchema):
+    """Arguments of /prices: ticker, optional inclusive time range, pagination."""
+
+    start = TimeField(
+        data_key="from",
+        metadata={
+            "description": f"Only prices at or after this time: {TIME_HELP}.",
+            "example": "2026-11-23",
+            "type": "string",
+        },
+    )
+    end = TimeField(
+        data_key="to",
+        metadata={
+            "description": f"Only prices at or before this time: {TIME_HELP}.",
+            "example": "2026-11-24T00:00:00Z",
+            "type": "string",
+        },
+    )
+
+    @validates_schema
+    def start_not_after_end(self, data, **kwargs):
+        if "start" in data and "end" in data and data["start"] > data["end"]:
+            raise ValidationError("`from` must not be after `to`.", "from")
+
+
+class ByDateArgsSchema(PageArgsSchema):
+    """Arguments of /prices/by-date: ticker, a UTC day, pagination."""
+
+    date = fields.Date(
+        required=True,
+        validate=validate.Range(min=date(1970, 1, 1), max=date(9999, 12, 31)),
+        metadata={"description": "A UTC day, YYYY-MM-DD.", "example": "2026-11-23"},
+    )
+
+
+class PriceAtArgsSchema(TickerArgsSchema):
+    """Arguments of /prices/at: ticker and a moment."""
+
+    timestamp = TimeField(
+        required=True,
+        metadata={
+            "description": f"The moment: {TIME_HELP}.",
+            "example": "1763928000",
+            "type": "string",
+        },
+    )
+
+
+class PriceSchema(Schema):
+    """One stored observation."""
+
+    ticker = fields.String(metadata={"example": "btc_usd"})
+    price = fields.Decimal(
+        metadata={
+            "description": "The index price exactly as Deribit sent it (a JSON number).",
+            "example": 86955.73,
+        }
+    )
+    timestamp = fields.Integer(
+        metadata={"description": "UNIX seconds (UTC) of the observation.", "example": 1763928000}
+    )
+
+
+class PricePageSchema(Schema):
+    """A page of observations, newest first."""
+
+    ticker = fields.String(metadata={"example": "btc_usd"})
+    items = fields.List(fields.Nested(PriceSchema))
+    next_cursor = fields.String(
+        allow_none=True,
+        metadata={"description": "Pass as `cursor` for the next page; null on the last page."},
+    )
