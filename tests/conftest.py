@@ -1,0 +1,240 @@
+"""Fixtures: a private PostgreSQL database and Redis db per test run, a fake Deribit, processes.
+
+Everything is real: PostgreSQL and Redis on localhost, HTTP over loopback. The database is
+created for this run, migrated with the project's own migrations, and dropped at the end.
+"""
+
+import os
+import secrets
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg2
+import pytest
+import requests
+import yaml
+from flask_migrate import upgrade
+from redis import Redis
+from sqlalchemy.engine import make_url
+
+from tests.fake_deribit import FakeDeribit
+from tracker import create_app
+from tracker.extensions import db
+
+ROOT = Path(__file__).resolve().parent.parent
+# An admin connection that may CREATE/DROP DATABASE, and a Redis db reserved for tests.
+ADMIN_DATABASE_URL = os.environ.get(
+    "TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def pg_connect(database_url):
+    """A psycopg2 connection for a SQLAlchemy-style URL."""
+    url = make_url(database_url)
+    return psycopg2.connect(
+        host=url.host, port=url.port, user=url.username, password=url.password, dbname=url.database
+    )
+
+
+def _admin_connection():
+    connection = pg_connect(ADMIN_DATABASE_URL)
+    connection.autocommit = True
+    return connection
+
+
+@pytest.fixture(scope="session")
+def database_url():
+    """A fresh PostgreSQL database for this test run, migrated with `flask db upgrade`."""
+    name = f"tracker_test_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = _admin_connection()
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(ADMIN_DATABASE_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        app = create_app({"DATABASE_URL": url, "REDIS_URL": TEST_REDIS_URL})
+        with app.app_context():
+            upgrade(directory=str(ROOT / "migrations"))
+            db.engine.dispose()
+        yield url
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def fake_deribit():
+    server = FakeDeribit().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def deribit(fake_deribit):
+    """The fake Deribit, reset to its default prices and no scripted replies for each test."""
+    fake_deribit.reset()
+    return fake_deribit
+
+
+@pytest.fixture
+def redis_conn():
+    """The test Redis db, empty at the start of the test."""
+    connection = Redis.from_url(TEST_REDIS_URL, protocol=2)
+    connection.flushdb()
+    try:
+        yield connection
+    finally:
+        connection.flushdb()
+        connection.close()
+
+
+@pytest.fixture
+def base_config(database_url, fake_deribit):
+    """Settings every test app and subprocess uses: the test database, Redis and fake Deribit."""
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": TEST_REDIS_URL,
+        "DERIBIT_BASE_URL": fake_deribit.base_url,
+        "DERIBIT_TIMEOUT": "0.5",
+        "TICKERS": "btc_usd,eth_usd",
+        "FETCH_INTERVAL": "60",
+        "LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture
+def make_app(base_config):
+    """Build an app on the test database with extra settings; its rows are wiped afterwards."""
+    apps = []
+
+    def build(**overrides):
+        app = create_app({**base_config, "TESTING": True, **overrides})
+        apps.append(app)
+        return app
+
+    try:
+        yield build
+    finally:
+        for app in apps:
+            with app.app_context():
+                db.session.remove()
+                db.engine.dispose()
+        truncate_prices(base_config["DATABASE_URL"])
+
+
+def truncate_prices(database_url):
+    connection = pg_connect(database_url)
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute("TRUNCATE price_records")
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def app(make_app, deribit):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def spawn(base_config, tmp_path):
+    """Start a command as its own process group with the test settings in its environment.
+
+    Every process is stopped by its process group when the test ends, pass or fail.
+    Returns the Popen; its output goes to a log file (see `.log_path`).
+    """
+    processes = []
+
+    def start(args, **env_overrides):
+        env = {k: v for k, v in os.environ.items() if k not in base_config}
+        env.update(base_config)
+        env.update({k: str(v) for k, v in env_overrides.items()})
+        env["PYTHONUNBUFFERED"] = "1"
+        log_path = tmp_path / f"{Path(args[0]).name}-{len(processes)}.log"
+        log = open(log_path, "wb")  # noqa: SIM115 - closed in the finally below
+        process = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        process.log_path = log_path
+        process.log_file = log
+        processes.append(process)
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in processes:
+            stop_process_group(process)
+            process.log_file.close()
+
+
+def stop_process_group(process, timeout=10):
+    """SIGTERM the process group, then SIGKILL it if it has not exited in time."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=timeout)
+        except ProcessLookupError:
+            pass
+    try:  # children left behind by a process that exited on its own
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def command(name, *args):
+    """argv for a console script of this environment (flask, gunicorn), as the README runs it."""
+    return [str(Path(sys.executable).parent / name), *args]
+
+
+def compose_command(service):
+    """The `command` docker-compose.yml gives `service`, runnable here from this environment."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return command(*shlex.split(compose["services"][service]["command"]))
+
+
+def wait_for_http(url, timeout=20.0, process=None):
+    """Poll `url` until it answers at all; fail with the process log if it does not."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"process exited with {process.returncode}:\n{read_log(process)}")
+        try:
+            return requests.get(url, timeout=1)
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    pytest.fail(
+        f"{url} did not answer within {timeout}s" + (f":\n{read_log(process)}" if process else "")
+    )
+
+
+def read_log(process):
+    process.log_file.flush()
+    return process.log_path.read_text(errors="replace")

@@ -1,0 +1,310 @@
+"""The REST API over the test PostgreSQL: results, pagination, exactness and every error path."""
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from tests.conftest import ADMIN_DATABASE_URL
+from tracker.models import insert_prices
+from tracker.schemas import PricePageSchema, PriceSchema, encode_cursor
+
+DAY = int(datetime(2026, 11, 23, tzinfo=UTC).timestamp())  # 2026-11-23T00:00:00Z
+
+
+def seed(app, ticker, timestamps, price=lambda i: Decimal(80000) + Decimal(i) / 100):
+    rows = [
+        {"ticker": ticker, "price": price(i), "timestamp": ts} for i, ts in enumerate(timestamps)
+    ]
+    with app.app_context():
+        insert_prices(rows)
+    return rows
+
+
+def walk(client, url):
+    """Follow next_cursor from `url` to the last page; returns (pages, items)."""
+    pages, items = [], []
+    while url:
+        response = client.get(url)
+        assert response.status_code == 200, response.json
+        pages.append(response)
+        items += response.json["items"]
+        cursor = response.json["next_cursor"]
+        url = None
+        if cursor:
+            link = response.headers["Link"]
+            assert link.endswith('>; rel="next"')
+            next_url = urlsplit(link[1 : link.index(">")])
+            assert parse_qs(next_url.query)["cursor"] == [cursor]
+            url = f"{next_url.path}?{next_url.query}"
+        else:
+            assert "Link" not in response.headers
+    return pages, items
+
+
+# --- Exactness -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw", ["86955.73", "0.00001234", "123456789012.123456789", "2950.10", "86955", "0.1"]
+)
+def test_prices_come_back_digit_for_digit_as_json_numbers(app, client, raw):
+    seed(app, "btc_usd", [DAY], price=lambda i: Decimal(raw))
+    for url in [
+        "/api/v1/prices/latest?ticker=btc_usd",
+        f"/api/v1/prices/at?ticker=btc_usd&timestamp={DAY}",
+        "/api/v1/prices?ticker=btc_usd",
+        "/api/v1/prices/by-date?ticker=btc_usd&date=2026-11-23",
+    ]:
+        text = client.get(url).get_data(as_text=True)
+        assert f'"price":{raw},' in text, (url, text)
+
+
+# --- /prices/latest and /prices/at -------------------------------------------------------------
+
+
+def test_latest_is_the_newest_row_of_that_ticker(app, client):
+    seed(app, "btc_usd", [DAY, DAY + 60, DAY + 120])
+    seed(app, "eth_usd", [DAY + 180], price=lambda i: Decimal("2950.12"))
+    response = client.get("/api/v1/prices/latest?ticker=BTC_USD")
+    assert response.status_code == 200
+    assert response.json == {"ticker": "btc_usd", "price": 80000.02, "timestamp": DAY + 120}
+    assert PriceSchema().validate(response.json) == {}
+
+
+def test_latest_is_404_with_a_message_when_nothing_is_stored(client):
+    response = client.get("/api/v1/prices/latest?ticker=eth_usd")
+    assert response.status_code == 404
+    assert response.json["message"] == "No price stored for eth_usd yet."
+
+
+@pytest.mark.parametrize(
+    ("moment", "expected"),
+    [
+        (DAY + 60, DAY + 60),  # exactly on an observation
+        (DAY + 119, DAY + 60),  # between two: the older one
+        (DAY + 10_000, DAY + 120),  # after the last: the last
+        ("2026-11-23T00:01:30Z", DAY + 60),  # ISO 8601 with Z
+        ("2026-11-23T01:01:30%2B01:00", DAY + 60),  # ISO 8601 with an offset
+        ("2026-11-23T01:01:30+01:00", DAY + 60),  # the same, "+" left unencoded (a space)
+        ("2026-11-23 00:02", DAY + 120),  # naive ISO: UTC
+    ],
+)
+def test_at_is_the_newest_observation_at_or_before_the_moment(app, client, moment, expected):
+    seed(app, "btc_usd", [DAY, DAY + 60, DAY + 120])
+    response = client.get(f"/api/v1/prices/at?ticker=btc_usd&timestamp={moment}")
+    assert response.status_code == 200, response.json
+    assert response.json["timestamp"] == expected
+
+
+def test_at_before_the_first_observation_is_404(app, client):
+    seed(app, "btc_usd", [DAY])
+    response = client.get(f"/api/v1/prices/at?ticker=btc_usd&timestamp={DAY - 1}")
+    assert response.status_code == 404
+    assert str(DAY - 1) in response.json["message"]
+
+
+# --- /prices and pagination --------------------------------------------------------------------
+
+
+def test_prices_walks_every_row_once_newest_first(app, client):
+    timestamps = [DAY + 60 * i for i in range(250)]
+    seed(app, "btc_usd", timestamps)
+    seed(app, "eth_usd", timestamps[:10])
+    pages, items = walk(client, "/api/v1/prices?ticker=btc_usd")
+    assert [len(p.json["items"]) for p in pages] == [100, 100, 50]
+    assert [i["timestamp"] for i in items] == sorted(timestamps, reverse=True)
+    assert {i["ticker"] for i in items} == {"btc_usd"}
+    assert pages[-1].json["next_cursor"] is None
+    for page in pages:
+        assert PricePageSchema().validate(page.json) == {}
+
+
+def test_next_link_keeps_the_query_and_is_absolute(app, client):
+    seed(app, "btc_usd", [DAY + 60 * i for i in range(10)])
+    response = client.get(f"/api/v1/prices?ticker=btc_usd&limit=3&from={DAY}&to={DAY + 540}")
+    link = response.headers["Link"]
+    assert link.startswith("<http://localhost/api/v1/prices?")
+    query = parse_qs(urlsplit(link[1 : link.index(">")]).query)
+    assert (
+        query["limit"] == ["3"] and query["from"] == [str(DAY)] and query["to"] == [str(DAY + 540)]
+    )
+
+
+def test_from_and_to_are_inclusive_and_accept_unix_iso_and_dates(app, client):
+    seed(app, "btc_usd", [DAY - 60, DAY, DAY + 60, DAY + 86400, DAY + 86460])
+    cases = {
+        f"from={DAY}&to={DAY + 86400}": [DAY + 86400, DAY + 60, DAY],
+        "from=2026-11-23&to=2026-11-24": [DAY + 86400, DAY + 60, DAY],
+        "from=2026-11-23T00:01:00Z": [DAY + 86460, DAY + 86400, DAY + 60],
+        "to=2026-11-23": [DAY, DAY - 60],
+    }
+    for query, expected in cases.items():
+        _, items = walk(client, f"/api/v1/prices?ticker=btc_usd&{query}")
+        assert [i["timestamp"] for i in items] == expected, query
+
+
+def test_a_cursor_with_a_range_pages_within_the_range(app, client):
+    seed(app, "btc_usd", [DAY + 60 * i for i in range(20)])
+    _, items = walk(client, f"/api/v1/prices?ticker=btc_usd&limit=4&from={DAY + 60}&to={DAY + 600}")
+    assert [i["timestamp"] for i in items] == [DAY + 60 * i for i in range(10, 0, -1)]
+
+
+def test_empty_result_is_an_empty_page(client):
+    response = client.get("/api/v1/prices?ticker=btc_usd")
+    assert response.status_code == 200
+    assert response.json == {"ticker": "btc_usd", "items": [], "next_cursor": None}
+
+
+# --- /prices/by-date ---------------------------------------------------------------------------
+
+
+def test_by_date_returns_exactly_that_utc_day(app, client):
+    day = [DAY + 60 * i for i in range(1440)]
+    seed(app, "btc_usd", [DAY - 60, *day, DAY + 86400])
+    pages, items = walk(client, "/api/v1/prices/by-date?ticker=btc_usd&date=2026-11-23&limit=1000")
+    assert [len(p.json["items"]) for p in pages] == [1000, 440]
+    assert [i["timestamp"] for i in items] == sorted(day, reverse=True)
+    assert "date=2026-11-23" in pages[0].headers["Link"]
+
+
+# --- Bad input: always a 422 in flask-smorest's shape, saying what is wrong --------------------
+
+OTHER_TICKER_CURSOR = encode_cursor("eth_usd", DAY)
+
+
+@pytest.mark.parametrize(
+    ("url", "field", "says"),
+    [
+        ("/api/v1/prices", "ticker", "Missing data"),
+        ("/api/v1/prices/latest", "ticker", "Missing data"),
+        ("/api/v1/prices/latest?ticker=doge_usd", "ticker", "Tracked tickers: btc_usd, eth_usd"),
+        ("/api/v1/prices/latest?ticker=", "ticker", "Unknown ticker"),
+        ("/api/v1/prices?ticker=btc_usd&from=yesterday", "from", "Not a valid time"),
+        ("/api/v1/prices?ticker=btc_usd&from=-1", "from", "out of range"),
+        ("/api/v1/prices?ticker=btc_usd&to=253402300800", "to", "out of range"),
+        ("/api/v1/prices?ticker=btc_usd&from=0001-01-01", "from", "out of range"),
+        ("/api/v1/prices?ticker=btc_usd&from=2026-13-01", "from", "Not a valid time"),
+        (
+            "/api/v1/prices?ticker=btc_usd&from=2026-11-24&to=2026-11-23",
+            "from",
+            "must not be after",
+        ),
+        ("/api/v1/prices?ticker=btc_usd&limit=0", "limit", "greater than or equal to 1"),
+        ("/api/v1/prices?ticker=btc_usd&limit=1001", "limit", "less than or equal to 1000"),
+        ("/api/v1/prices?ticker=btc_usd&limit=ten", "limit", "Not a valid integer"),
+        ("/api/v1/prices?ticker=btc_usd&cursor=forged", "cursor", "Invalid cursor"),
+        ("/api/v1/prices?ticker=btc_usd&cursor=!!!!", "cursor", "Invalid cursor"),
+        (
+            f"/api/v1/prices?ticker=btc_usd&cursor={encode_cursor('btc_usd', 10**13)}",
+            "cursor",
+            "Invalid cursor",
+        ),
+        (f"/api/v1/prices?ticker=btc_usd&cursor={OTHER_TICKER_CURSOR}", "cursor", "eth_usd"),
+        ("/api/v1/prices?ticker=btc_usd&limt=5", "limt", "Unknown field"),
+        ("/api/v1/prices/by-date?ticker=btc_usd", "date", "Missing data"),
+        ("/api/v1/prices/by-date?ticker=btc_usd&date=2026-02-30", "date", "Not a valid date"),
+        ("/api/v1/prices/by-date?ticker=btc_usd&date=1969-12-31", "date", "greater than"),
+        ("/api/v1/prices/at?ticker=btc_usd", "timestamp", "Missing data"),
+        ("/api/v1/prices/at?ticker=btc_usd&timestamp=1e9", "timestamp", "Not a valid time"),
+    ],
+)
+def test_bad_input_is_a_422_that_names_the_field(client, url, field, says):
+    response = client.get(url)
+    assert response.status_code == 422, response.get_data(as_text=True)
+    body = response.json
+    assert body["code"] == 422 and body["status"] == "Unprocessable Entity"
+    messages = body["errors"]["query"][field]
+    assert any(says in message for message in messages), messages
+
+
+def test_unknown_path_is_a_json_404(client):
+    response = client.get("/api/v1/nope?ticker=btc_usd")
+    assert response.status_code == 404
+    assert response.is_json and "not found" in response.json["message"].lower()
+
+
+def test_wrong_method_is_a_json_405(client):
+    response = client.post("/api/v1/prices?ticker=btc_usd")
+    assert response.status_code == 405
+    assert response.is_json and response.json["message"]
+
+
+# --- Failures: JSON, never a stack trace ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/v1/prices/latest?ticker=btc_usd",
+        "/api/v1/prices?ticker=btc_usd",
+        "/api/v1/prices/by-date?ticker=btc_usd&date=2026-11-23",
+        "/api/v1/prices/at?ticker=btc_usd&timestamp=1",
+    ],
+)
+def test_database_down_is_a_json_503(make_app, url):
+    client = make_app(DATABASE_URL="postgresql://postgres@127.0.0.1:1/nowhere").test_client()
+    response = client.get(url)
+    assert response.status_code == 503
+    assert response.json == {
+        "code": 503,
+        "status": "Service Unavailable",
+        "message": "Database unavailable, retry later.",
+    }
+    assert response.headers["Retry-After"]
+
+
+def test_unexpected_database_error_is_a_json_500_without_details(make_app):
+    # The admin database has no price_records table: a programming error, not an outage.
+    client = make_app(DATABASE_URL=ADMIN_DATABASE_URL).test_client()
+    response = client.get("/api/v1/prices/latest?ticker=btc_usd")
+    assert response.status_code == 500
+    assert response.json == {
+        "code": 500,
+        "status": "Internal Server Error",
+        "message": "Internal server error.",
+    }
+
+
+# --- Documentation -----------------------------------------------------------------------------
+
+
+def test_openapi_documents_every_endpoint_parameter_and_error(client):
+    spec = client.get("/openapi.json").json
+    assert set(spec["paths"]) == {
+        "/api/v1/prices",
+        "/api/v1/prices/latest",
+        "/api/v1/prices/by-date",
+        "/api/v1/prices/at",
+    }
+    for path, item in spec["paths"].items():
+        operation = item["get"]
+        assert operation["summary"], path
+        params = {p["name"]: p for p in operation["parameters"]}
+        assert params["ticker"]["required"] is True, path
+        assert params["ticker"]["schema"]["example"] == "btc_usd"
+        assert {"200", "422", "503"} <= set(operation["responses"]), path
+        ok = operation["responses"]["200"]["content"]["application/json"]
+        assert ok["example"]["ticker"] == "btc_usd", path
+    prices = spec["paths"]["/api/v1/prices"]["get"]
+    assert {"ticker", "limit", "cursor", "from", "to"} == {p["name"] for p in prices["parameters"]}
+    assert "Link" in prices["responses"]["200"]["headers"]
+    assert "404" in spec["paths"]["/api/v1/prices/latest"]["get"]["responses"]
+
+
+def test_swagger_ui_is_served_with_its_assets_offline(client):
+    page = client.get("/docs")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert 'href="swagger-ui/swagger-ui.css"' in html  # relative: works under a path prefix
+    assert 'url: "/openapi.json"' in html
+    for asset in ["swagger-ui/swagger-ui.css", "swagger-ui/swagger-ui-bundle.js"]:
+        response = client.get(f"/{asset}")
+        assert response.status_code == 200 and len(response.data) > 10_000, asset
+
+
+def test_redoc_page_is_served(client):
+    page = client.get("/redoc")
+    assert page.status_code == 200
+    assert 'spec-url="/openapi.json"' in page.get_data(as_text=True)

@@ -1,0 +1,94 @@
+"""Configuration: defaults, URL mapping, and bad values failing at start-up with one clear line."""
+
+import subprocess
+
+import pytest
+
+from tests.conftest import ROOT, command
+from tracker.config import ConfigError, cron_for_interval, load_config
+
+
+def test_defaults():
+    config = load_config({})
+    assert config["TICKERS"] == ("btc_usd", "eth_usd")
+    assert config["FETCH_INTERVAL"] == 60
+    assert config["FETCH_CRON"] == "* * * * *" or config["FETCH_CRON"] == "*/1 * * * *"
+    assert config["DERIBIT_BASE_URL"] == "https://www.deribit.com/api/v2"
+    assert config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql+psycopg2://")
+
+
+@pytest.mark.parametrize(
+    "url", ["postgres://u:p@db:5432/crypto_prices", "postgresql://u:p@db:5432/crypto_prices"]
+)
+def test_user_database_urls_map_to_psycopg2(url):
+    config = load_config({"DATABASE_URL": url})
+    assert config["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg2://u:p@db:5432/crypto_prices"
+
+
+def test_tickers_are_normalised():
+    config = load_config({"TICKERS": " BTC_USD, eth_usd ,btc_usd,sol_usdc"})
+    assert config["TICKERS"] == ("btc_usd", "eth_usd", "sol_usdc")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "cron"),
+    [
+        (1, "*/1 * * * * * *"),
+        (15, "*/15 * * * * * *"),
+        (60, "*/1 * * * *"),
+        (300, "*/5 * * * *"),
+        (3600, "0 * * * *"),
+    ],
+)
+def test_intervals_map_to_clock_aligned_cron(seconds, cron):
+    assert cron_for_interval(seconds) == cron
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FETCH_INTERVAL": "0"}, "FETCH_INTERVAL must be positive"),
+        ({"FETCH_INTERVAL": "-60"}, "FETCH_INTERVAL must be positive"),
+        ({"FETCH_INTERVAL": "often"}, "FETCH_INTERVAL must be a whole number"),
+        ({"FETCH_INTERVAL": "45"}, "FETCH_INTERVAL must divide a minute"),
+        ({"FETCH_INTERVAL": "420"}, "FETCH_INTERVAL must divide a minute"),
+        ({"TICKERS": "btc-usd"}, "TICKERS has an invalid index name 'btc-usd'"),
+        ({"TICKERS": " , "}, "TICKERS has an invalid index name"),
+        ({"DATABASE_URL": "not a url"}, "DATABASE_URL is not a database URL"),
+        ({"DATABASE_URL": "mysql://db/x"}, "DATABASE_URL must be a postgresql:// URL"),
+        ({"REDIS_URL": "http://redis:6379"}, "REDIS_URL must be a redis:// URL"),
+        ({"REDIS_URL": "redis://redis:port/0"}, "REDIS_URL has an invalid port"),
+        ({"DERIBIT_BASE_URL": "www.deribit.com"}, "DERIBIT_BASE_URL must be an http(s):// URL"),
+        ({"DERIBIT_TIMEOUT": "0"}, "DERIBIT_TIMEOUT must be positive"),
+        ({"DERIBIT_TIMEOUT": "inf"}, "DERIBIT_TIMEOUT must be positive"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL must be"),
+    ],
+)
+def test_bad_values_are_rejected(env, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(env)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["gunicorn", "wsgi:app"],
+        ["flask", "worker"],
+        ["flask", "scheduler"],
+        ["flask", "fetch"],
+        ["flask", "db", "upgrade"],
+    ],
+)
+def test_bad_configuration_fails_at_start_up_with_one_clear_line(argv):
+    result = subprocess.run(
+        command(*argv),
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "FETCH_INTERVAL": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1] == "configuration error: FETCH_INTERVAL must be positive, got 0"
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,70 @@
+"""The schedule: idempotent registration, clock alignment, one run per interval."""
+
+import time
+
+from rq.job import Job
+
+from tests.conftest import command, read_log
+from tracker.config import load_config
+from tracker.extensions import fetch_queue
+from tracker.schedule import make_scheduler, periodic_jobs, reconcile
+
+
+def test_registering_ten_times_leaves_one_scheduled_job(redis_conn):
+    config = load_config({"FETCH_INTERVAL": "60"})
+    scheduler = make_scheduler(redis_conn)
+    results = [reconcile(scheduler, periodic_jobs(config)) for _ in range(10)]
+    assert results[0] == ([], [periodic_jobs(config)[0].id])
+    assert all(result == ([], []) for result in results[1:])
+    ((job, when),) = list(scheduler.get_jobs(with_times=True))
+    assert scheduler.count() == 1
+    assert job.func_name == "tracker.jobs.fetch_prices"
+    assert job.meta["cron_string"] == "*/1 * * * *"
+    assert when.second == 0 and when.microsecond == 0  # on the minute boundary
+
+
+def test_a_changed_interval_replaces_the_old_schedule(redis_conn):
+    scheduler = make_scheduler(redis_conn)
+    old = periodic_jobs(load_config({"FETCH_INTERVAL": "60"}))
+    new = periodic_jobs(load_config({"FETCH_INTERVAL": "300"}))
+    reconcile(scheduler, old)
+    cancelled, scheduled = reconcile(scheduler, new)
+    assert cancelled == [old[0].id] and scheduled == [new[0].id]
+    (job,) = scheduler.get_jobs()
+    assert job.id == new[0].id and job.meta["cron_string"] == "*/5 * * * *"
+
+
+def test_jobs_nobody_wants_are_cancelled(redis_conn):
+    scheduler = make_scheduler(redis_conn)
+    scheduler.cron("* * * * *", func="tracker.jobs.fetch_prices", id="leftover-from-old-release")
+    reconcile(scheduler, periodic_jobs(load_config({})))
+    assert "leftover-from-old-release" not in [job.id for job in scheduler.get_jobs()]
+    assert scheduler.count() == 1
+
+
+def test_two_schedulers_enqueue_once_per_interval_on_the_boundary(spawn, redis_conn):
+    """Two `flask scheduler` processes, FETCH_INTERVAL=2, no worker: count and time the enqueues."""
+    interval = 2
+    schedulers = [spawn(command("flask", "scheduler"), FETCH_INTERVAL=interval) for _ in range(2)]
+    queue = fetch_queue(redis_conn)
+    job_id = periodic_jobs(load_config({"FETCH_INTERVAL": str(interval)}))[0].id
+
+    enqueued_at = set()
+    started = time.time()
+    while time.time() - started < 12:
+        for process in schedulers:
+            assert process.poll() is None, read_log(process)
+        try:
+            enqueued_at.add(Job.fetch(job_id, connection=redis_conn).enqueued_at.timestamp())
+        except Exception:  # not created yet
+            pass
+        time.sleep(0.05)
+    elapsed = time.time() - started
+
+    runs = queue.count  # every enqueue of the cron job appends its id once; no worker drains it
+    assert make_scheduler(redis_conn).count() == 1
+    # One run per 2 s boundary passed (the first ones may precede the registration).
+    assert elapsed / interval - 2 <= runs <= elapsed / interval + 1, (runs, elapsed)
+    assert len(enqueued_at) == runs
+    lateness = [at % interval for at in enqueued_at]
+    assert max(lateness) <= 1.0, lateness  # polled every second: at most 1 s after the boundary
