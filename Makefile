@@ -1,0 +1,36 @@
+# One entry point for people and CI. `make run` and `make test` are the README's first commands.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint install clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Migrate, then run web (http://127.0.0.1:8000/docs), worker and scheduler until Ctrl-C.
+run: install
+	-createdb -h 127.0.0.1 -U postgres crypto_prices 2>/dev/null
+	$(BIN)/flask db upgrade
+	@echo "Swagger UI: http://127.0.0.1:8000/docs  (Ctrl-C stops web, worker and scheduler)"
+	@trap 'kill 0' INT TERM; \
+	  $(BIN)/flask worker & $(BIN)/flask scheduler & \
+	  GUNICORN_BIND=127.0.0.1:8000 $(BIN)/gunicorn wsgi:app & \
+	  wait
+
+## The test suite, against the PostgreSQL and Redis on localhost.
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
