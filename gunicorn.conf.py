@@ -16,5 +16,17 @@ preload_app = True
 # gunicorn 27 opens a control socket under ~/.gunicorn; production must not need a writable home.
 control_socket_disable = True
 
-accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-")
+# Addresses whose X-Forwarded-Proto (and SCRIPT_NAME/PATH_INFO headers) gunicorn itself believes.
+# Loopback only, never "*": anyone who can reach gunicorn directly could otherwise claim https.
+# The app's own trust in X-Forwarded-* is TRUSTED_PROXIES (ProxyFix, see README).
+forwarded_allow_ips = os.environ.get("GUNICORN_FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+
+# Off unless GUNICORN_ACCESS_LOG is set ("-" = stdout, or a file path): the app already logs one
+# line per request, so a second line per request would only double the log volume.
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
+# Client (after ProxyFix), request, status, bytes, duration in ms, the proxy's X-Request-ID.
+access_log_format = os.environ.get(
+    "GUNICORN_ACCESS_LOG_FORMAT",
+    '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}i)s "%(a)s"',
+)
 errorlog = "-"

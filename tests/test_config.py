@@ -15,6 +15,7 @@ def test_defaults():
     assert config["FETCH_CRON"] == "* * * * *" or config["FETCH_CRON"] == "*/1 * * * *"
     assert config["DERIBIT_BASE_URL"] == "https://www.deribit.com/api/v2"
     assert config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql+psycopg2://")
+    assert config["TRUSTED_PROXIES"] == 0  # X-Forwarded-* ignored unless a proxy is declared
 
 
 @pytest.mark.parametrize(
@@ -62,6 +63,8 @@ def test_intervals_map_to_clock_aligned_cron(seconds, cron):
         ({"DERIBIT_TIMEOUT": "0"}, "DERIBIT_TIMEOUT must be positive"),
         ({"DERIBIT_TIMEOUT": "inf"}, "DERIBIT_TIMEOUT must be positive"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL must be"),
+        ({"TRUSTED_PROXIES": "-1"}, "TRUSTED_PROXIES must be 0 or more, got -1"),
+        ({"TRUSTED_PROXIES": "nginx"}, "TRUSTED_PROXIES must be a whole number"),
     ],
 )
 def test_bad_values_are_rejected(env, message):

@@ -10,6 +10,7 @@ from flask import Flask, jsonify, send_from_directory
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from tracker.config import ConfigError, load_config
 
@@ -58,7 +59,18 @@ def create_app(test_config=None):
     from tracker.cli import register_commands
 
     register_commands(app)
+    _trust_proxies(app, app.config["TRUSTED_PROXIES"])
     return app
+
+
+def _trust_proxies(app, hops):
+    """Believe X-Forwarded-For/-Proto/-Host/-Prefix set by the last `hops` reverse proxies.
+
+    Then links and the docs say what the client used (https://example.com/tracker/...). Only
+    the proxies' own entries count, so a client cannot forge them; 0 (default) trusts none.
+    """
+    if hops:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops)
 
 
 def _swagger_ui_asset(filename):

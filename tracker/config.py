@@ -16,6 +16,7 @@ DEFAULTS = {
     "FETCH_INTERVAL": "60",
     "LOG_LEVEL": "INFO",
     "DB_STATEMENT_TIMEOUT_MS": "5000",
+    "TRUSTED_PROXIES": "0",
 }
 
 # Deribit index names: lower-case currency pairs such as btc_usd, eth_usdc, btcdvol_usdc.
@@ -44,6 +45,7 @@ def load_config(environ, overrides=None):
         "SQLALCHEMY_ENGINE_OPTIONS": _engine_options(
             _positive_int("DB_STATEMENT_TIMEOUT_MS", raw["DB_STATEMENT_TIMEOUT_MS"])
         ),
+        "TRUSTED_PROXIES": _non_negative_int("TRUSTED_PROXIES", raw["TRUSTED_PROXIES"]),
     }
     # Keys that are not ours (TESTING, flask-smorest settings, ...) pass through untouched.
     config.update({k: v for k, v in (overrides or {}).items() if k not in DEFAULTS})
@@ -101,6 +103,16 @@ def _positive_int(name, value):
         raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
     if number <= 0:
         raise ConfigError(f"{name} must be positive, got {number}")
+    return number
+
+
+def _non_negative_int(name, value):
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+    if number < 0:
+        raise ConfigError(f"{name} must be 0 or more, got {number}")
     return number
 
 

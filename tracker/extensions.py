@@ -1,7 +1,7 @@
 """Extensions, created unbound and bound in create_app(); Redis and queue factories."""
 
 import simplejson
-from flask import current_app
+from flask import current_app, json, request
 from flask.json.provider import DefaultJSONProvider
 from flask_migrate import Migrate
 from flask_smorest import Api
@@ -22,8 +22,24 @@ NAMING_CONVENTION = {
 QUEUE_NAME = "prices"
 
 db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING_CONVENTION))
+
+
+class PrefixAwareApi(Api):
+    """flask-smorest's Api, whose /openapi.json names the URL prefix the request came through."""
+
+    def _openapi_json(self):
+        # flask-smorest builds the spec once, but the prefix is per request: behind a proxy at
+        # https://example.com/tracker/ Swagger UI's "Try it out" must call /tracker/api/v1/...,
+        # and it resolves paths against this server URL. Relative (just the path), so scheme and
+        # host stay whatever the browser used.
+        spec = {**self.spec.to_dict(), "servers": [{"url": request.script_root or "/"}]}
+        return current_app.response_class(
+            json.dumps(spec, indent=2, sort_keys=False), mimetype="application/json"
+        )
+
+
 migrate = Migrate()
-api = Api()
+api = PrefixAwareApi()
 
 
 class ExactJSONProvider(DefaultJSONProvider):

@@ -1,0 +1,221 @@
+"""Behind a reverse proxy: ProxyFix, and the real nginx of docs/nginx.conf in front of gunicorn."""
+
+import os
+import re
+import runpy
+import shutil
+import time
+from decimal import Decimal
+from urllib.parse import urljoin
+
+import pytest
+import requests
+
+from tests.conftest import ROOT, command, free_port, read_log, wait_for_http
+from tracker.models import insert_prices
+
+T0 = 1795176000  # 2026-11-20T12:00:00Z
+FORWARDED = {
+    "X-Forwarded-For": "203.0.113.7",
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Host": "example.com",
+    "X-Forwarded-Prefix": "/tracker",
+}
+
+
+def seed(app, count):
+    rows = [
+        {"ticker": "btc_usd", "price": Decimal("80000.5") + i, "timestamp": T0 + 60 * i}
+        for i in range(count)
+    ]
+    with app.app_context():
+        insert_prices(rows)
+
+
+def link_url(response):
+    link = response.headers["Link"]
+    assert link.endswith('>; rel="next"'), link
+    return link[1 : link.index(">")]
+
+
+# --- ProxyFix, in-process ----------------------------------------------------------------------
+
+
+def test_forwarded_headers_are_ignored_by_default(app, client):
+    seed(app, 3)
+    response = client.get("/api/v1/prices?ticker=btc_usd&limit=1", headers=FORWARDED)
+    assert link_url(response).startswith("http://localhost/api/v1/prices?")
+    assert client.get("/openapi.json", headers=FORWARDED).json["servers"] == [{"url": "/"}]
+
+
+def test_trusted_proxy_headers_set_scheme_host_and_prefix(make_app, deribit):
+    app = make_app(TRUSTED_PROXIES="1")
+    seed(app, 3)
+    client = app.test_client()
+    response = client.get("/api/v1/prices?ticker=btc_usd&limit=1", headers=FORWARDED)
+    assert link_url(response).startswith("https://example.com/tracker/api/v1/prices?")
+    assert client.get("/openapi.json", headers=FORWARDED).json["servers"] == [{"url": "/tracker"}]
+    assert 'url: "/tracker/openapi.json"' in client.get("/docs", headers=FORWARDED).text
+
+
+def test_only_the_trusted_hop_counts(make_app, deribit):
+    """A client's own X-Forwarded-* values come first in the list; one hop trusts only the last."""
+    app = make_app(TRUSTED_PROXIES="1")
+    seed(app, 3)
+    forged = {
+        "X-Forwarded-Proto": "https, http",
+        "X-Forwarded-Host": "evil.example, example.com",
+        "X-Forwarded-Prefix": "/evil, /tracker",
+    }
+    response = app.test_client().get("/api/v1/prices?ticker=btc_usd&limit=1", headers=forged)
+    assert link_url(response).startswith("http://example.com/tracker/api/v1/prices?")
+
+
+def test_gunicorn_settings_come_from_the_environment(monkeypatch):
+    def settings(**env):
+        for name in ["GUNICORN_ACCESS_LOG", "GUNICORN_FORWARDED_ALLOW_IPS", "GUNICORN_BIND"]:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        return runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+
+    defaults = settings()
+    assert defaults["accesslog"] is None  # the app logs each request already
+    assert defaults["forwarded_allow_ips"] == "127.0.0.1,::1"
+    assert defaults["preload_app"] is True and defaults["control_socket_disable"] is True
+    assert "%({x-request-id}i)s" in defaults["access_log_format"]
+    assert "%(M)s" in defaults["access_log_format"]
+    custom = settings(
+        GUNICORN_ACCESS_LOG="-", GUNICORN_FORWARDED_ALLOW_IPS="10.0.0.2", GUNICORN_BIND="[::]:9000"
+    )
+    assert custom["accesslog"] == "-"
+    assert custom["forwarded_allow_ips"] == "10.0.0.2"
+    assert custom["bind"] == "[::]:9000"
+
+
+# --- The real thing: nginx (docs/nginx.conf) -> gunicorn ---------------------------------------
+
+
+def render_nginx_conf(directory, listen_port, upstream_port):
+    """docs/nginx.conf on loopback ports, inside a main config whose paths are all in `directory`.
+
+    Runs as the current user: logs, pid and temp files in `directory`, nothing in /etc or /var.
+    """
+    site = (ROOT / "docs" / "nginx.conf").read_text()
+    for old, new in [
+        ("listen 80;", f"listen 127.0.0.1:{listen_port};"),
+        ("proxy_pass http://127.0.0.1:8000/;", f"proxy_pass http://127.0.0.1:{upstream_port}/;"),
+    ]:
+        assert site.count(old) == 1, f"docs/nginx.conf changed: {old!r} not found once"
+        site = site.replace(old, new)
+    (directory / "site.conf").write_text(site)
+    temp_paths = "\n".join(
+        f"    {kind}_temp_path {directory}/{kind}_temp;"
+        for kind in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
+    )
+    main = directory / "nginx.conf"
+    main.write_text(
+        f"""
+error_log {directory}/error.log notice;
+events {{ worker_connections 64; }}
+http {{
+    access_log {directory}/access.log;
+{temp_paths}
+    # Responses stay in memory: as root, nginx's workers run as another user that may not
+    # write into pytest's private tmp directory.
+    proxy_max_temp_file_size 0;
+    include {directory}/site.conf;
+}}
+"""
+    )
+    return main
+
+
+@pytest.fixture
+def proxy(app, spawn, tmp_path):
+    """gunicorn (TRUSTED_PROXIES=1) behind nginx under /tracker/; yields nginx's origin URL."""
+    # /usr/sbin is where Debian puts it, and not on every user's PATH.
+    nginx = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
+    if nginx is None:
+        pytest.skip("nginx is not installed (bash .ci/run installs Debian's nginx)")
+    web_port, proxy_port = free_port(), free_port()
+    web = spawn(
+        command("gunicorn", "wsgi:app"),
+        GUNICORN_BIND=f"127.0.0.1:{web_port}",
+        GUNICORN_WORKERS=2,
+        GUNICORN_ACCESS_LOG="-",
+        TRUSTED_PROXIES=1,
+    )
+    conf = render_nginx_conf(tmp_path, proxy_port, web_port)
+    pid = tmp_path / "nginx.pid"
+    server = spawn(
+        [nginx, "-e", "stderr", "-p", str(tmp_path), "-c", str(conf)]
+        + ["-g", f"daemon off; pid {pid};"]
+    )
+    wait_for_http(f"http://127.0.0.1:{web_port}/openapi.json", process=web)
+    origin = f"http://127.0.0.1:{proxy_port}"
+    wait_for_http(f"{origin}/tracker/openapi.json", process=server)
+    proxy = type("Proxy", (), {})()
+    proxy.origin, proxy.web, proxy.nginx = origin, web, server
+    yield proxy
+    assert server.poll() is None, read_log(server)
+
+
+def test_swagger_ui_loads_its_assets_and_spec_through_the_proxy(proxy):
+    page = requests.get(f"{proxy.origin}/tracker/docs", timeout=5)
+    assert page.status_code == 200, page.text
+    assets = re.findall(r'(?:href|src)="([^"]+\.(?:css|js))"', page.text)
+    assert len(assets) >= 3, page.text  # swagger-ui.css, -bundle.js, -standalone-preset.js
+    for asset in assets:
+        url = urljoin(page.url, asset)  # as the browser resolves it
+        assert url.startswith(f"{proxy.origin}/tracker/swagger-ui/"), url
+        response = requests.get(url, timeout=5)
+        assert response.status_code == 200 and len(response.content) > 10_000, url
+    spec_url = urljoin(page.url, re.search(r'url: "([^"]+)"', page.text).group(1))
+    assert spec_url == f"{proxy.origin}/tracker/openapi.json"
+    assert requests.get(spec_url, timeout=5).json()["info"]["title"] == "Deribit price tracker"
+
+
+def test_try_it_out_calls_the_api_through_the_proxy(app, proxy):
+    """Swagger UI resolves the spec's server URL against the spec's own URL, then adds the path."""
+    seed(app, 1)
+    spec_url = f"{proxy.origin}/tracker/openapi.json"
+    servers = requests.get(spec_url, timeout=5).json()["servers"]
+    assert servers == [{"url": "/tracker"}]
+    base = urljoin(spec_url, servers[0]["url"]).rstrip("/")
+    response = requests.get(f"{base}/api/v1/prices/latest?ticker=btc_usd", timeout=5)
+    assert response.status_code == 200 and response.json()["timestamp"] == T0
+
+
+def test_link_header_points_through_the_proxy_and_walks_every_page(app, proxy):
+    seed(app, 5)
+    url = f"{proxy.origin}/tracker/api/v1/prices?ticker=btc_usd&limit=2"
+    # What a client sends itself is overwritten by nginx: the links still go through the proxy.
+    forged = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example"}
+    forged["X-Forwarded-Prefix"] = "/evil"
+    stamps = []
+    while url:
+        response = requests.get(url, headers=forged, timeout=5)
+        assert response.status_code == 200, response.text
+        stamps += [item["timestamp"] for item in response.json()["items"]]
+        url = None
+        if "Link" in response.headers:
+            url = link_url(response)
+            assert url.startswith(f"{proxy.origin}/tracker/api/v1/prices?"), url
+    assert stamps == [T0 + 60 * i for i in reversed(range(5))]
+
+
+def test_request_id_and_duration_reach_the_gunicorn_access_log(proxy):
+    requests.get(
+        f"{proxy.origin}/tracker/openapi.json", headers={"X-Request-ID": "rid-4711"}, timeout=5
+    )
+    requests.get(f"{proxy.origin}/tracker/docs", timeout=5)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        log = read_log(proxy.web)
+        if "GET /docs" in log and "request_id=rid-4711" in log:
+            break
+        time.sleep(0.1)
+    assert re.search(r'"GET /openapi.json HTTP/1.0" 200 \d+ \d+ms request_id=rid-4711 ', log), log
+    # Without one, nginx makes an id (32 hex digits), so every line can be correlated.
+    assert re.search(r'"GET /docs HTTP/1.0" 200 \d+ \d+ms request_id=[0-9a-f]{32} ', log), log
