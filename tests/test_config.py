@@ -16,6 +16,12 @@ def test_defaults():
     assert config["DERIBIT_BASE_URL"] == "https://www.deribit.com/api/v2"
     assert config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql+psycopg2://")
     assert config["TRUSTED_PROXIES"] == 0  # X-Forwarded-* ignored unless a proxy is declared
+    assert config["CORS_ORIGINS"] == "*"
+
+
+def test_cors_origins_are_a_list_of_exact_origins():
+    config = load_config({"CORS_ORIGINS": " https://a.example , http://localhost:8888/"})
+    assert config["CORS_ORIGINS"] == ("https://a.example", "http://localhost:8888")
 
 
 @pytest.mark.parametrize(
@@ -65,6 +71,11 @@ def test_intervals_map_to_clock_aligned_cron(seconds, cron):
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL must be"),
         ({"TRUSTED_PROXIES": "-1"}, "TRUSTED_PROXIES must be 0 or more, got -1"),
         ({"TRUSTED_PROXIES": "nginx"}, "TRUSTED_PROXIES must be a whole number"),
+        ({"CORS_ORIGINS": "dashboard.example"}, "CORS_ORIGINS has an invalid origin"),
+        ({"CORS_ORIGINS": "https://*.example.com"}, "CORS_ORIGINS has an invalid origin"),
+        ({"CORS_ORIGINS": "https://a.example/app"}, "CORS_ORIGINS has an invalid origin"),
+        ({"CORS_ORIGINS": "*, https://a.example"}, "CORS_ORIGINS has an invalid origin '*'"),
+        ({"CORS_ORIGINS": " , "}, "CORS_ORIGINS is empty"),
     ],
 )
 def test_bad_values_are_rejected(env, message):

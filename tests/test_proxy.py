@@ -205,6 +205,22 @@ def test_link_header_points_through_the_proxy_and_walks_every_page(app, proxy):
     assert stamps == [T0 + 60 * i for i in reversed(range(5))]
 
 
+def test_cors_preflight_passes_through_the_proxy(proxy):
+    response = requests.options(
+        f"{proxy.origin}/tracker/api/v1/prices?ticker=btc_usd",
+        headers={
+            "Origin": "https://dashboard.example",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "x-request-id",
+        },
+        timeout=5,
+    )
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert "GET" in response.headers["Access-Control-Allow-Methods"]
+    assert response.headers["Access-Control-Allow-Headers"].lower() == "x-request-id"
+
+
 def test_request_id_and_duration_reach_the_gunicorn_access_log(proxy):
     requests.get(
         f"{proxy.origin}/tracker/openapi.json", headers={"X-Request-ID": "rid-4711"}, timeout=5

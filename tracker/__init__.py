@@ -15,7 +15,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from tracker.config import ConfigError, load_config
 
 # Aliased: importing the tracker.api module below would shadow a plain `api` name here.
-from tracker.extensions import ExactJSONProvider, db, migrate
+from tracker.extensions import ExactJSONProvider, cors, db, migrate
 from tracker.extensions import api as rest_api
 
 __all__ = ["ConfigError", "create_app"]
@@ -35,6 +35,16 @@ API_SETTINGS = {
     "OPENAPI_REDOC_URL": "https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js",
 }
 
+# Read-only public data, no cookies: browsers on the allowed origins (CORS_ORIGINS) may read the
+# API and its spec. Link and Retry-After are exposed so browser code can paginate and back off.
+CORS_SETTINGS = {
+    "resources": [r"/api/.*", "/openapi.json"],
+    "methods": ["GET", "HEAD", "OPTIONS"],
+    "expose_headers": ["Link", "Retry-After"],
+    "send_wildcard": True,  # "*" (cacheable by anyone) rather than echoing each Origin
+    "max_age": 86400,
+}
+
 
 def create_app(test_config=None):
     """Build the app from the environment; `test_config` overrides it (same validation)."""
@@ -49,6 +59,7 @@ def create_app(test_config=None):
     db.init_app(app)
     migrate.init_app(app, db)
     rest_api.init_app(app)
+    cors.init_app(app, origins=app.config["CORS_ORIGINS"], **CORS_SETTINGS)
 
     from tracker.api import blp
 

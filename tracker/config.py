@@ -17,10 +17,14 @@ DEFAULTS = {
     "LOG_LEVEL": "INFO",
     "DB_STATEMENT_TIMEOUT_MS": "5000",
     "TRUSTED_PROXIES": "0",
+    "CORS_ORIGINS": "*",
 }
 
 # Deribit index names: lower-case currency pairs such as btc_usd, eth_usdc, btcdvol_usdc.
 TICKER_RE = re.compile(r"^[a-z0-9]+_[a-z0-9]+$")
+# A browser Origin: scheme, host and optional port, no path. Plain text only, because
+# flask-cors treats an origin containing regex characters (*, ?, [...]) as a regex.
+ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
 
 
 class ConfigError(ValueError):
@@ -46,6 +50,7 @@ def load_config(environ, overrides=None):
             _positive_int("DB_STATEMENT_TIMEOUT_MS", raw["DB_STATEMENT_TIMEOUT_MS"])
         ),
         "TRUSTED_PROXIES": _non_negative_int("TRUSTED_PROXIES", raw["TRUSTED_PROXIES"]),
+        "CORS_ORIGINS": _cors_origins(raw["CORS_ORIGINS"]),
     }
     # Keys that are not ours (TESTING, flask-smorest settings, ...) pass through untouched.
     config.update({k: v for k, v in (overrides or {}).items() if k not in DEFAULTS})
@@ -114,6 +119,21 @@ def _non_negative_int(name, value):
     if number < 0:
         raise ConfigError(f"{name} must be 0 or more, got {number}")
     return number
+
+
+def _cors_origins(value):
+    """`*` (any origin), or a tuple of exact origins such as https://dashboard.example.com."""
+    items = [item.strip().rstrip("/") for item in str(value).split(",") if item.strip()]
+    if items == ["*"]:
+        return "*"
+    if not items:
+        raise ConfigError("CORS_ORIGINS is empty (use * to allow every origin)")
+    for item in items:
+        if not ORIGIN_RE.match(item):
+            raise ConfigError(
+                f"CORS_ORIGINS has an invalid origin {item!r} (want e.g. https://app.example.com)"
+            )
+    return tuple(items)
 
 
 def _positive_float(name, value):

@@ -3,6 +3,7 @@
 import simplejson
 from flask import current_app, json, request
 from flask.json.provider import DefaultJSONProvider
+from flask_cors import CORS
 from flask_migrate import Migrate
 from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
@@ -40,6 +41,7 @@ class PrefixAwareApi(Api):
 
 migrate = Migrate()
 api = PrefixAwareApi()
+cors = CORS()
 
 
 class ExactJSONProvider(DefaultJSONProvider):
