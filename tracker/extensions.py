@@ -22,8 +22,6 @@ NAMING_CONVENTION = {
 
 QUEUE_NAME = "prices"
 
-db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING_CONVENTION))
-
 
 class PrefixAwareApi(Api):
     """flask-smorest's Api, whose /openapi.json names the URL prefix the request came through."""
@@ -39,6 +37,7 @@ class PrefixAwareApi(Api):
         )
 
 
+db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING_CONVENTION))
 migrate = Migrate()
 api = PrefixAwareApi()
 cors = CORS()
