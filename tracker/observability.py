@@ -84,6 +84,7 @@ class JSONFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
+            "pid": record.process,  # which gunicorn worker
             "message": record.getMessage(),
         }
         entry.update({k: v for k, v in vars(record).items() if k not in RECORD_ATTRIBUTES})
@@ -274,7 +275,14 @@ def _first_line(exc):
 
 @blp.route("/metrics")
 class Metrics(MethodView):
-    @blp.response(200, content_type="text/plain", description="Prometheus text format.")
+    @blp.doc(
+        responses={
+            "200": {
+                "description": "Prometheus text format.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        }
+    )
     def get(self):
         """Prometheus metrics: HTTP requests, fetches and their failures, age of the newest prices.
 
