@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 
 from tests.conftest import command, free_port, read_log, stop_process_group, wait_for_http
 from tests.fake_deribit import error_reply
+from tracker.config import ConfigError, load_config
 from tracker.extensions import db
 from tracker.jobs import fetch_prices
 from tracker.models import insert_prices
@@ -43,6 +44,28 @@ def metric(text, name, **labels):
             if sample.name == name and sample.labels == labels:
                 return sample.value
     return None
+
+
+# --- Settings ------------------------------------------------------------------------------
+
+
+def test_log_format_is_text_or_json():
+    assert load_config({})["LOG_FORMAT"] == "text"
+    assert load_config({"LOG_FORMAT": "JSON"})["LOG_FORMAT"] == "json"
+    with pytest.raises(ConfigError, match="LOG_FORMAT must be text or json, got 'xml'"):
+        load_config({"LOG_FORMAT": "xml"})
+
+
+def test_metrics_directory_must_be_a_writable_directory_when_set(tmp_path):
+    assert load_config({})["PROMETHEUS_MULTIPROC_DIR"] is None
+    assert load_config({"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})[
+        "PROMETHEUS_MULTIPROC_DIR"
+    ] == str(tmp_path)
+    # prometheus_client would write into the working directory for an empty value.
+    with pytest.raises(ConfigError, match="PROMETHEUS_MULTIPROC_DIR is set but empty"):
+        load_config({"PROMETHEUS_MULTIPROC_DIR": ""})
+    with pytest.raises(ConfigError, match="must be an existing writable directory"):
+        load_config({"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "missing")})
 
 
 # --- /healthz and /readyz ------------------------------------------------------------------
