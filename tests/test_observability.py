@@ -364,6 +364,25 @@ def test_fetches_and_failures_are_counted_by_ticker_and_reason(app, deribit, red
     assert metric(text, "tracker_scrape_error", source="postgres") == 0
 
 
+def test_a_failed_store_is_counted_for_every_price_it_lost(make_app, deribit, redis_conn):
+    dead = make_app(DATABASE_URL=DEAD_DATABASE_URL)
+    with dead.app_context(), pytest.raises(Exception, match="OperationalError|connection"):
+        fetch_prices(skip_stored=False)
+    text = make_app().test_client().get("/metrics").get_data(as_text=True)
+    for ticker in ("btc_usd", "eth_usd"):
+        assert (
+            metric(text, "tracker_fetch_failures_total", ticker=ticker, reason="store_failed") == 1
+        )
+
+
+def test_a_cycle_without_redis_stores_its_prices_and_warns(make_app, deribit, caplog):
+    app = make_app(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    with app.app_context(), caplog.at_level(logging.INFO, logger="tracker"):
+        summary = fetch_prices()
+    assert summary["stored"] == ["btc_usd", "eth_usd"]
+    assert "fetch counts not recorded, Redis unavailable" in caplog.text
+
+
 def test_price_age_is_exported_per_ticker(app, redis_conn):
     store(app, btc_usd=30)
     text = app.test_client().get("/metrics").get_data(as_text=True)
