@@ -2,6 +2,8 @@
 
 import multiprocessing
 import os
+import shutil
+import tempfile
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count()))
@@ -30,3 +32,13 @@ access_log_format = os.environ.get(
     '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}i)s "%(a)s"',
 )
 errorlog = "-"
+
+# Metrics: prometheus_client's multiprocess mode, so /metrics in any worker reports the sum over
+# all workers. One fresh directory per server start, made here in the master before the app is
+# loaded (every worker inherits it), removed when gunicorn exits. Only counters and histograms
+# live there, so no child_exit/mark_process_dead hook is needed.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tracker-metrics-")
+
+    def on_exit(server):
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

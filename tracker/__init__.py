@@ -1,6 +1,5 @@
 """The Deribit price tracker: create_app() wires config, extensions, API, errors and CLI."""
 
-import logging
 import os
 from http import HTTPStatus
 from pathlib import Path
@@ -12,6 +11,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from tracker import observability
 from tracker.config import ConfigError, load_config
 
 # Aliased: importing the tracker.api module below would shadow a plain `api` name here.
@@ -52,9 +52,7 @@ def create_app(test_config=None):
     app.json = ExactJSONProvider(app)
     app.config.update(API_SETTINGS)
     app.config.update(load_config(os.environ, test_config))
-    logging.basicConfig(
-        level=app.config["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    observability.configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
 
     db.init_app(app)
     migrate.init_app(app, db)
@@ -64,6 +62,7 @@ def create_app(test_config=None):
     from tracker.api import blp
 
     rest_api.register_blueprint(blp)
+    observability.init_app(app)  # /healthz, /readyz, /metrics; request ids and request log
     app.add_url_rule("/swagger-ui/<path:filename>", "swagger_ui_assets", _swagger_ui_asset)
     _register_error_handlers(app)
 

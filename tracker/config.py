@@ -1,6 +1,7 @@
 """Configuration: read from the environment once, validated, invalid values fail at start-up."""
 
 import logging
+import os
 import re
 from urllib.parse import urlsplit
 
@@ -15,6 +16,9 @@ DEFAULTS = {
     "TICKERS": "btc_usd,eth_usd",
     "FETCH_INTERVAL": "60",
     "LOG_LEVEL": "INFO",
+    "LOG_FORMAT": "text",
+    # Read by prometheus_client itself too; unset means metrics of this process only.
+    "PROMETHEUS_MULTIPROC_DIR": "",
     "DB_STATEMENT_TIMEOUT_MS": "5000",
     "TRUSTED_PROXIES": "0",
     "CORS_ORIGINS": "*",
@@ -45,6 +49,10 @@ def load_config(environ, overrides=None):
         "DERIBIT_BASE_URL": _http_url("DERIBIT_BASE_URL", raw["DERIBIT_BASE_URL"]),
         "DERIBIT_TIMEOUT": _positive_float("DERIBIT_TIMEOUT", raw["DERIBIT_TIMEOUT"]),
         "LOG_LEVEL": _log_level(raw["LOG_LEVEL"]),
+        "LOG_FORMAT": _log_format(raw["LOG_FORMAT"]),
+        "PROMETHEUS_MULTIPROC_DIR": _multiproc_dir(
+            raw["PROMETHEUS_MULTIPROC_DIR"], "PROMETHEUS_MULTIPROC_DIR" in environ
+        ),
         "SQLALCHEMY_DATABASE_URI": database_url,
         "SQLALCHEMY_ENGINE_OPTIONS": _engine_options(
             _positive_int("DB_STATEMENT_TIMEOUT_MS", raw["DB_STATEMENT_TIMEOUT_MS"])
@@ -169,6 +177,25 @@ def _log_level(value):
     if not isinstance(logging.getLevelName(level), int):
         raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {value!r}")
     return level
+
+
+def _log_format(value):
+    log_format = str(value).strip().lower()
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"LOG_FORMAT must be text or json, got {value!r}")
+    return log_format
+
+
+def _multiproc_dir(value, present):
+    # prometheus_client switches to multiprocess mode when the variable merely exists: an empty
+    # value would make it write its files into the working directory.
+    if present and not value:
+        raise ConfigError("PROMETHEUS_MULTIPROC_DIR is set but empty: unset it or name a directory")
+    if value and not (os.path.isdir(value) and os.access(value, os.W_OK)):
+        raise ConfigError(
+            f"PROMETHEUS_MULTIPROC_DIR must be an existing writable directory, got {value!r}"
+        )
+    return value or None
 
 
 def _engine_options(statement_timeout_ms):

@@ -59,9 +59,9 @@ class ExactJSONProvider(DefaultJSONProvider):
         return simplejson.dumps(obj, use_decimal=True, **kwargs)
 
 
-def redis_connection(url=None):
+def redis_connection(url=None, **options):
     """A Redis client for the configured URL (RESP2: what RQ and rq-scheduler are written for)."""
-    return Redis.from_url(url or current_app.config["REDIS_URL"], protocol=2)
+    return Redis.from_url(url or current_app.config["REDIS_URL"], protocol=2, **options)
 
 
 def fetch_queue(connection=None):

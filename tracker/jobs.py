@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from tracker.deribit import DeribitClient, DeribitError
 from tracker.extensions import db
 from tracker.models import insert_prices, stored_tickers
+from tracker.observability import record_fetches
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ def fetch_prices(skip_stored=True, now=None):
     except SQLAlchemyError:
         db.session.rollback()
         log.error("fetch slot=%s store FAILED, prices lost: %s", iso(slot), _pairs(prices))
+        record_fetches([], [], {**{t: "store_failed" for t in prices}, **_reasons(failed)})
         raise
 
     summary = {
@@ -61,6 +63,7 @@ def fetch_prices(skip_stored=True, now=None):
         "duplicate": sorted(done | (prices.keys() - inserted)),
         "failed": {t: f"{e.reason}: {e}" for t, e in failed.items()},
     }
+    elapsed = time.monotonic() - started
     log.log(
         logging.WARNING if failed else logging.INFO,
         "fetch slot=%s stored=%s duplicate=%s failed=%s elapsed=%.3fs",
@@ -68,14 +71,27 @@ def fetch_prices(skip_stored=True, now=None):
         _pairs({t: prices[t] for t in summary["stored"]}) or "-",
         ",".join(summary["duplicate"]) or "-",
         "; ".join(f"{t}={why}" for t, why in summary["failed"].items()) or "-",
-        time.monotonic() - started,
+        elapsed,
+        # The same facts as fields, for LOG_FORMAT=json.
+        extra={
+            "slot": iso(slot),
+            "stored": {t: summary["prices"][t] for t in summary["stored"]},
+            "duplicate": summary["duplicate"],
+            "failed": summary["failed"],
+            "elapsed_s": round(elapsed, 3),
+        },
     )
+    record_fetches(summary["stored"], summary["duplicate"], _reasons(failed))
     return summary
 
 
 def iso(timestamp):
     """UNIX seconds as an ISO 8601 UTC string."""
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _reasons(failed):
+    return {ticker: error.reason for ticker, error in failed.items()}
 
 
 def _pairs(prices):

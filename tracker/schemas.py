@@ -187,3 +187,50 @@ class PricePageSchema(Schema):
         allow_none=True,
         metadata={"description": "Pass as `cursor` for the next page; null on the last page."},
     )
+
+
+class HealthSchema(Schema):
+    """The process is alive."""
+
+    status = fields.String(metadata={"example": "ok"})
+
+
+class CheckSchema(Schema):
+    """One readiness check: whether it passed, and why not."""
+
+    ok = fields.Boolean()
+    error = fields.String(metadata={"description": "Why the check failed; absent when ok."})
+
+
+class TickerFreshnessSchema(Schema):
+    """The newest stored price of one ticker."""
+
+    timestamp = fields.Integer(
+        allow_none=True, metadata={"description": "UNIX seconds; null when none is stored."}
+    )
+    age_seconds = fields.Integer(allow_none=True, metadata={"example": 42})
+
+
+class PricesCheckSchema(CheckSchema):
+    """Every tracked ticker has a price younger than max_age_seconds (3 x FETCH_INTERVAL)."""
+
+    max_age_seconds = fields.Integer(metadata={"example": 180})
+    tickers = fields.Dict(keys=fields.String(), values=fields.Nested(TickerFreshnessSchema))
+
+
+class ReadinessChecksSchema(Schema):
+    """The three readiness checks."""
+
+    postgres = fields.Nested(CheckSchema)
+    redis = fields.Nested(CheckSchema)
+    prices = fields.Nested(PricesCheckSchema)
+
+
+class ReadinessSchema(Schema):
+    """Whether the service can do its job, check by check."""
+
+    status = fields.String(metadata={"description": "`ready` or `unavailable`."})
+    failed = fields.List(
+        fields.String(), metadata={"description": "The checks that failed.", "example": []}
+    )
+    checks = fields.Nested(ReadinessChecksSchema)
