@@ -20,10 +20,12 @@ import requests
 import yaml
 from flask_migrate import upgrade
 from redis import Redis
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from tests.fake_deribit import FakeDeribit
 from tracker import create_app
+from tracker.config import database_uri
 from tracker.extensions import db
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,38 +36,52 @@ ADMIN_DATABASE_URL = os.environ.get(
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
-def pg_connect(database_url):
-    """A psycopg2 connection for a SQLAlchemy-style URL."""
-    url = make_url(database_url)
-    return psycopg2.connect(
+def _admin_connection():
+    url = make_url(ADMIN_DATABASE_URL)
+    connection = psycopg2.connect(
         host=url.host, port=url.port, user=url.username, password=url.password, dbname=url.database
     )
-
-
-def _admin_connection():
-    connection = pg_connect(ADMIN_DATABASE_URL)
     connection.autocommit = True
     return connection
 
 
+def _migrate(database_url):
+    """Create the schema the way operators do: the project's migrations (`flask db upgrade`)."""
+    app = create_app({"DATABASE_URL": database_url, "REDIS_URL": TEST_REDIS_URL})
+    with app.app_context():
+        upgrade(directory=str(ROOT / "migrations"))
+        db.engine.dispose()
+
+
 @pytest.fixture(scope="session")
-def database_url():
-    """A fresh PostgreSQL database for this test run, migrated with `flask db upgrade`."""
+def postgres_url():
+    """A fresh PostgreSQL database for this test run, migrated, dropped at the end."""
     name = f"tracker_test_{os.getpid()}_{secrets.token_hex(3)}"
     admin = _admin_connection()
     with admin.cursor() as cursor:
         cursor.execute(f'CREATE DATABASE "{name}"')
     url = make_url(ADMIN_DATABASE_URL).set(database=name).render_as_string(hide_password=False)
     try:
-        app = create_app({"DATABASE_URL": url, "REDIS_URL": TEST_REDIS_URL})
-        with app.app_context():
-            upgrade(directory=str(ROOT / "migrations"))
-            db.engine.dispose()
+        _migrate(url)
         yield url
     finally:
         with admin.cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory):
+    """A fresh SQLite file for this test run, migrated: the laptop default (`make run`)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'tracker.db'}"
+    _migrate(url)
+    return url
+
+
+@pytest.fixture(scope="session", params=["postgres", "sqlite"])
+def database_url(request):
+    """Every test that touches the database runs on both: the same queries must work on each."""
+    return request.getfixturevalue(f"{request.param}_url")
 
 
 @pytest.fixture(scope="session")
@@ -131,12 +147,12 @@ def make_app(base_config):
 
 
 def truncate_prices(database_url):
-    connection = pg_connect(database_url)
+    engine = create_engine(database_uri(database_url))
     try:
-        with connection, connection.cursor() as cursor:
-            cursor.execute("TRUNCATE price_records")
+        with engine.begin() as connection:
+            connection.execute(text("DELETE FROM price_records"))
     finally:
-        connection.close()
+        engine.dispose()
 
 
 @pytest.fixture

@@ -12,9 +12,14 @@ def test_defaults():
     config = load_config({})
     assert config["TICKERS"] == ("btc_usd", "eth_usd")
     assert config["FETCH_INTERVAL"] == 60
-    assert config["FETCH_CRON"] == "* * * * *" or config["FETCH_CRON"] == "*/1 * * * *"
+    assert config["FETCH_CRON"] == "*/1 * * * *"
     assert config["DERIBIT_BASE_URL"] == "https://www.deribit.com/api/v2"
-    assert config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql+psycopg2://")
+
+
+def test_without_database_url_the_database_is_sqlite_in_the_instance_folder():
+    config = load_config({}, instance_path="/srv/tracker/instance")
+    assert config["SQLALCHEMY_DATABASE_URI"] == "sqlite:////srv/tracker/instance/tracker.db"
+    assert "connect_timeout" not in config["SQLALCHEMY_ENGINE_OPTIONS"].get("connect_args", {})
     assert config["TRUSTED_PROXIES"] == 0  # X-Forwarded-* ignored unless a proxy is declared
     assert config["CORS_ORIGINS"] == "*"
 
@@ -62,7 +67,7 @@ def test_intervals_map_to_clock_aligned_cron(seconds, cron):
         ({"TICKERS": "btc-usd"}, "TICKERS has an invalid index name 'btc-usd'"),
         ({"TICKERS": " , "}, "TICKERS has an invalid index name"),
         ({"DATABASE_URL": "not a url"}, "DATABASE_URL is not a database URL"),
-        ({"DATABASE_URL": "mysql://db/x"}, "DATABASE_URL must be a postgresql:// URL"),
+        ({"DATABASE_URL": "mysql://db/x"}, "DATABASE_URL must be a postgresql:// or sqlite:///"),
         ({"REDIS_URL": "http://redis:6379"}, "REDIS_URL must be a redis:// URL"),
         ({"REDIS_URL": "redis://redis:port/0"}, "REDIS_URL has an invalid port"),
         ({"DERIBIT_BASE_URL": "www.deribit.com"}, "DERIBIT_BASE_URL must be an http(s):// URL"),

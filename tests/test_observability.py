@@ -222,8 +222,8 @@ class TCPProxy:
                     pass
 
 
-def test_readyz_follows_postgres_going_down_and_coming_back(make_app, database_url, redis_conn):
-    url = make_url(database_url)
+def test_readyz_follows_postgres_going_down_and_coming_back(make_app, postgres_url, redis_conn):
+    url = make_url(postgres_url)
     proxy = TCPProxy((url.host, url.port))
     proxy.open()
     through_proxy = url.set(port=proxy.port).render_as_string(hide_password=False)

@@ -226,13 +226,15 @@ def test_request_id_and_duration_reach_the_gunicorn_access_log(proxy):
         f"{proxy.origin}/tracker/openapi.json", headers={"X-Request-ID": "rid-4711"}, timeout=5
     )
     requests.get(f"{proxy.origin}/tracker/docs", timeout=5)
+    line = r'"GET {} HTTP/1\.[01]" 200 \d+ \d+ms request_id={} '
+    given = line.format("/openapi.json", "rid-4711")
+    # Without one, nginx makes an id (32 hex digits), so every line can be correlated.
+    made = line.format("/docs", "[0-9a-f]{32}")
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline:  # gunicorn writes its access line after the response
         log = read_log(proxy.web)
-        if "GET /docs" in log and "request_id=rid-4711" in log:
+        if re.search(given, log) and re.search(made, log):
             break
         time.sleep(0.1)
-    line = r'"GET {} HTTP/1\.[01]" 200 \d+ \d+ms request_id={} '
-    assert re.search(line.format("/openapi.json", "rid-4711"), log), log
-    # Without one, nginx makes an id (32 hex digits), so every line can be correlated.
-    assert re.search(line.format("/docs", "[0-9a-f]{32}"), log), log
+    assert re.search(given, log), log
+    assert re.search(made, log), log

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import flask_swagger_ui
 from flask import Flask, jsonify, send_from_directory
+from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
@@ -51,10 +52,14 @@ def create_app(test_config=None):
     app = Flask(__name__, instance_relative_config=True)
     app.json = ExactJSONProvider(app)
     app.config.update(API_SETTINGS)
-    app.config.update(load_config(os.environ, test_config))
+    app.config.update(load_config(os.environ, test_config, instance_path=app.instance_path))
     observability.configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
 
     db.init_app(app)
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        os.makedirs(app.instance_path, exist_ok=True)
+        with app.app_context():
+            event.listen(db.engine, "connect", _sqlite_wal)
     migrate.init_app(app, db)
     rest_api.init_app(app)
     cors.init_app(app, origins=app.config["CORS_ORIGINS"], **CORS_SETTINGS)
@@ -71,6 +76,11 @@ def create_app(test_config=None):
     register_commands(app)
     _trust_proxies(app, app.config["TRUSTED_PROXIES"])
     return app
+
+
+def _sqlite_wal(dbapi_connection, connection_record):
+    """Write-ahead logging: the web keeps reading while the worker writes to the same file."""
+    dbapi_connection.execute("PRAGMA journal_mode=WAL")
 
 
 def _trust_proxies(app, hops):

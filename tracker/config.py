@@ -9,7 +9,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 DEFAULTS = {
-    "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/crypto_prices",
+    # Empty: a SQLite file in the app's instance folder (the laptop default; see README).
+    "DATABASE_URL": "",
     "REDIS_URL": "redis://127.0.0.1:6379/0",
     "DERIBIT_BASE_URL": "https://www.deribit.com/api/v2",
     "DERIBIT_TIMEOUT": "5",
@@ -35,12 +36,15 @@ class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the variable."""
 
 
-def load_config(environ, overrides=None):
-    """Return the Flask config for the given environment (plus test overrides), validated."""
+def load_config(environ, overrides=None, instance_path="instance"):
+    """Return the Flask config for the given environment (plus test overrides), validated.
+
+    With no DATABASE_URL the database is the SQLite file `tracker.db` in `instance_path`.
+    """
     raw = {key: environ.get(key, default) for key, default in DEFAULTS.items()}
     raw.update(overrides or {})
     interval = _positive_int("FETCH_INTERVAL", raw["FETCH_INTERVAL"])
-    database_url = database_uri(raw["DATABASE_URL"])
+    database_url = database_uri(raw["DATABASE_URL"] or f"sqlite:///{instance_path}/tracker.db")
     config = {
         "TICKERS": _tickers(raw["TICKERS"]),
         "FETCH_INTERVAL": interval,
@@ -55,7 +59,7 @@ def load_config(environ, overrides=None):
         ),
         "SQLALCHEMY_DATABASE_URI": database_url,
         "SQLALCHEMY_ENGINE_OPTIONS": _engine_options(
-            _positive_int("DB_STATEMENT_TIMEOUT_MS", raw["DB_STATEMENT_TIMEOUT_MS"])
+            database_url, _positive_int("DB_STATEMENT_TIMEOUT_MS", raw["DB_STATEMENT_TIMEOUT_MS"])
         ),
         "TRUSTED_PROXIES": _non_negative_int("TRUSTED_PROXIES", raw["TRUSTED_PROXIES"]),
         "CORS_ORIGINS": _cors_origins(raw["CORS_ORIGINS"]),
@@ -66,14 +70,21 @@ def load_config(environ, overrides=None):
 
 
 def database_uri(url):
-    """Map the URLs users write (postgres://, postgresql://) to the psycopg2 driver we install."""
+    """Map the URLs users write (postgres://, postgresql://) to the psycopg2 driver we install.
+
+    SQLAlchemy 2.1 would read postgresql:// as psycopg 3, which is not installed.
+    """
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise ConfigError(f"DATABASE_URL is not a database URL: {url!r}") from exc
     if parsed.drivername in ("postgres", "postgresql", "postgresql+psycopg2"):
         return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
-    raise ConfigError(f"DATABASE_URL must be a postgresql:// URL, got {parsed.drivername}://")
+    if parsed.drivername == "sqlite" and parsed.database:
+        return url
+    raise ConfigError(
+        f"DATABASE_URL must be a postgresql:// or sqlite:///path URL, got {parsed.drivername}://"
+    )
 
 
 def cron_for_interval(seconds):
@@ -198,7 +209,10 @@ def _multiproc_dir(value, present):
     return value or None
 
 
-def _engine_options(statement_timeout_ms):
+def _engine_options(database_url, statement_timeout_ms):
+    if database_url.startswith("sqlite"):
+        # web, worker and scheduler share the file: wait for a writer's lock instead of failing.
+        return {"connect_args": {"timeout": 30}}
     # Fail fast instead of hanging a request when PostgreSQL is down or a query runs away;
     # pre-ping replaces connections a database restart has killed.
     return {

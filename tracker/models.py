@@ -1,9 +1,46 @@
 """The price_records table and the queries everyone shares: latest, as-of, page, insert-ignore."""
 
-from sqlalchemy import BigInteger, CheckConstraint, Numeric, String, and_, select
-from sqlalchemy.dialects import postgresql
+from decimal import Decimal
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+    and_,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 
 from tracker.extensions import db
+
+
+class ExactDecimal(TypeDecorator):
+    """A Decimal stored with exactly its digits: NUMERIC on PostgreSQL, TEXT on SQLite.
+
+    SQLite has no decimal type; its NUMERIC would round through a float (2950.10 -> 2950.1,
+    and anything past 15 digits). On PostgreSQL it adds nothing per row.
+    """
+
+    impl = Numeric
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(Text())
+        return dialect.type_descriptor(Numeric(asdecimal=True))
+
+    def bind_processor(self, dialect):
+        if dialect.name == "sqlite":
+            return lambda value: None if value is None else str(value)
+        return super().bind_processor(dialect)
+
+    def result_processor(self, dialect, coltype):
+        if dialect.name == "sqlite":
+            return lambda value: None if value is None else Decimal(value)
+        return super().result_processor(dialect, coltype)
 
 
 class Price(db.Model):
@@ -19,7 +56,7 @@ class Price(db.Model):
     ticker = db.Column(String(32), primary_key=True)
     timestamp = db.Column(BigInteger, primary_key=True, autoincrement=False)
     # Unconstrained NUMERIC keeps exactly the digits Deribit sent: no float, no fixed scale.
-    price = db.Column(Numeric(asdecimal=True), nullable=False)
+    price = db.Column(ExactDecimal(), nullable=False)
 
 
 COLUMNS = (Price.ticker, Price.price, Price.timestamp)
@@ -72,8 +109,9 @@ def insert_prices(rows):
     """
     if not rows:
         return set()
+    insert = sqlite.insert if db.engine.dialect.name == "sqlite" else postgresql.insert
     statement = (
-        postgresql.insert(Price)
+        insert(Price)
         .values(rows)
         .on_conflict_do_nothing(index_elements=["ticker", "timestamp"])
         .returning(Price.ticker)

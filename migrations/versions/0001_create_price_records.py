@@ -19,7 +19,8 @@ def upgrade():
         "price_records",
         sa.Column("ticker", sa.String(length=32), nullable=False),
         sa.Column("timestamp", sa.BigInteger(), autoincrement=False, nullable=False),
-        sa.Column("price", sa.Numeric(), nullable=False),
+        # TEXT on SQLite, whose NUMERIC would round through a float (see ExactDecimal).
+        sa.Column("price", sa.Numeric().with_variant(sa.Text(), "sqlite"), nullable=False),
         sa.CheckConstraint("price > 0", name=op.f("ck_price_records_price_positive")),
         sa.PrimaryKeyConstraint("ticker", "timestamp", name=op.f("pk_price_records")),
     )
