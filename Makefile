@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install clean
+.PHONY: run demo test lint install clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,14 +15,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 install: $(STAMP)
 
 ## Migrate, then run web (http://127.0.0.1:8000/docs), worker and scheduler until Ctrl-C.
+## No DATABASE_URL: SQLite under instance/. No REDIS_URL: an embedded Redis. Set them to use yours.
 run: install
-	-createdb -h 127.0.0.1 -U postgres crypto_prices 2>/dev/null
-	$(BIN)/flask db upgrade
-	@echo "Swagger UI: http://127.0.0.1:8000/docs  (Ctrl-C stops web, worker and scheduler)"
-	@trap 'kill 0' INT TERM; \
-	  $(BIN)/flask worker & $(BIN)/flask scheduler & \
-	  GUNICORN_BIND=127.0.0.1:8000 $(BIN)/gunicorn wsgi:app & \
-	  wait
+	$(BIN)/flask up
+
+## The same, fetching from a local fake Deribit with random-walk prices every 5 s: no network.
+demo: install
+	$(BIN)/flask up --demo
 
 ## The test suite, against the PostgreSQL and Redis on localhost.
 test: install

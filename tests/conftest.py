@@ -188,7 +188,9 @@ def spawn(base_config, tmp_path):
     def start(args, **env_overrides):
         env = {k: v for k, v in os.environ.items() if k not in base_config}
         env.update(base_config)
-        env.update({k: str(v) for k, v in env_overrides.items()})
+        env.update({k: str(v) for k, v in env_overrides.items() if v is not None})
+        for name in [k for k, v in env_overrides.items() if v is None]:
+            env.pop(name, None)  # NAME=None: the process runs without that setting
         env["PYTHONUNBUFFERED"] = "1"
         log_path = tmp_path / f"{Path(args[0]).name}-{len(processes)}.log"
         log = open(log_path, "wb")  # noqa: SIM115 - closed in the finally below

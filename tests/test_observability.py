@@ -83,7 +83,7 @@ def test_readyz_is_200_when_every_ticker_has_a_fresh_price(app, redis_conn):
     status, body = readyz(app.test_client())
     assert status == 200, body
     assert body["status"] == "ready" and body["failed"] == []
-    assert body["checks"]["postgres"] == {"ok": True}
+    assert body["checks"]["database"] == {"ok": True}
     assert body["checks"]["redis"] == {"ok": True}
     prices = body["checks"]["prices"]
     assert prices["ok"] is True and prices["max_age_seconds"] == 180
@@ -115,8 +115,8 @@ def test_readyz_is_503_naming_postgres_when_it_is_unreachable(make_app, redis_co
     client = make_app(DATABASE_URL=DEAD_DATABASE_URL).test_client()
     status, body = readyz(client)
     assert status == 503
-    assert body["failed"] == ["postgres", "prices"]
-    assert body["checks"]["postgres"]["ok"] is False and body["checks"]["postgres"]["error"]
+    assert body["failed"] == ["database", "prices"]
+    assert body["checks"]["database"]["ok"] is False and body["checks"]["database"]["error"]
     assert body["checks"]["redis"] == {"ok": True}
 
 
@@ -235,7 +235,7 @@ def test_readyz_follows_postgres_going_down_and_coming_back(make_app, postgres_u
 
         proxy.shut()
         status, body = readyz(client)
-        assert status == 503 and body["failed"] == ["postgres", "prices"]
+        assert status == 503 and body["failed"] == ["database", "prices"]
 
         proxy.open()
         status, body = readyz(client)
@@ -361,7 +361,7 @@ def test_fetches_and_failures_are_counted_by_ticker_and_reason(app, deribit, red
     assert metric(text, failures, ticker="eth_usd", reason="deribit_10028") == 1
     assert metric(text, failures, ticker="btc_usd", reason="deribit_10028") is None
     assert metric(text, "tracker_scrape_error", source="redis") == 0
-    assert metric(text, "tracker_scrape_error", source="postgres") == 0
+    assert metric(text, "tracker_scrape_error", source="database") == 0
 
 
 def test_a_failed_store_is_counted_for_every_price_it_lost(make_app, deribit, redis_conn):
@@ -397,7 +397,7 @@ def test_metrics_still_answer_when_postgres_and_redis_are_down(make_app):
     response = client.get("/metrics")
     assert response.status_code == 200
     text = response.get_data(as_text=True)
-    assert metric(text, "tracker_scrape_error", source="postgres") == 1
+    assert metric(text, "tracker_scrape_error", source="database") == 1
     assert metric(text, "tracker_scrape_error", source="redis") == 1
     assert "tracker_price_age_seconds" not in text and "tracker_fetches_total" not in text
     labels = {"endpoint": "/healthz", "method": "GET", "status": "200"}

@@ -2,12 +2,19 @@
 
 import time
 
+import pytest
 from rq.job import Job
 
-from tests.conftest import command, read_log
+from tests.conftest import TEST_REDIS_URL, command, read_log
 from tracker.config import load_config
 from tracker.extensions import fetch_queue
 from tracker.schedule import make_scheduler, periodic_jobs, reconcile
+
+
+@pytest.fixture
+def base_config(tmp_path):
+    """The scheduler needs only Redis; it never opens the (throwaway) database."""
+    return {"REDIS_URL": TEST_REDIS_URL, "DATABASE_URL": f"sqlite:///{tmp_path / 'unused.db'}"}
 
 
 def test_registering_ten_times_leaves_one_scheduled_job(redis_conn):

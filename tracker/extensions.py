@@ -8,6 +8,8 @@ from flask_migrate import Migrate
 from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from rq import Queue
 from sqlalchemy import MetaData
 
@@ -62,6 +64,24 @@ class ExactJSONProvider(DefaultJSONProvider):
 def redis_connection(url=None, **options):
     """A Redis client for the configured URL (RESP2: what RQ and rq-scheduler are written for)."""
     return Redis.from_url(url or current_app.config["REDIS_URL"], protocol=2, **options)
+
+
+def rq_connection():
+    """A Redis client for RQ and rq-scheduler that also works with `flask up`'s embedded Redis.
+
+    RQ asks the server version with INFO, which fakeredis does not implement (it answers an
+    error and drops the connection, failing whatever RQ was doing). RQ caches the version on
+    the client, so when INFO is unknown we give it the version fakeredis emulates.
+    """
+    connection = redis_connection()
+    try:
+        connection.info("server")
+    except ResponseError:
+        setattr(connection, "__rq_redis_server_version", (7, 0, 0))
+        connection.connection_pool.disconnect()  # the server closed that socket
+    except RedisConnectionError:
+        pass  # unreachable for now: RQ reports it and keeps retrying
+    return connection
 
 
 def fetch_queue(connection=None):

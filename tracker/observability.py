@@ -219,7 +219,7 @@ class Readiness(MethodView):
         """Readiness: PostgreSQL and Redis answer, and every ticker has a recent price.
 
         Recent means younger than 3 x FETCH_INTERVAL. The body details every check; `failed`
-        names the ones that failed (postgres, redis, prices).
+        names the ones that failed (database, redis, prices).
         """
         checks = readiness_checks()
         failed = [name for name, check in checks.items() if not check["ok"]]
@@ -228,15 +228,15 @@ class Readiness(MethodView):
 
 
 def readiness_checks():
-    """Run the readiness checks: {"postgres": {...}, "redis": {...}, "prices": {...}}."""
+    """Run the readiness checks: {"database": {...}, "redis": {...}, "prices": {...}}."""
     checks = {}
     newest = None
     try:
         newest = newest_timestamps()
-        checks["postgres"] = {"ok": True}
+        checks["database"] = {"ok": True}
     except SQLAlchemyError as exc:
         db.session.rollback()
-        checks["postgres"] = {"ok": False, "error": _first_line(exc)}
+        checks["database"] = {"ok": False, "error": _first_line(exc)}
     try:
         with _redis() as connection:
             connection.ping()
@@ -322,9 +322,9 @@ class SharedStateCollector:
         except SQLAlchemyError as exc:
             db.session.rollback()
             log.warning("metrics: PostgreSQL unavailable: %s", _first_line(exc))
-            errors.add_metric(["postgres"], 1)
+            errors.add_metric(["database"], 1)
         else:
-            errors.add_metric(["postgres"], 0)
+            errors.add_metric(["database"], 0)
             yield _price_ages(newest)
         try:
             counts = fetch_counts()

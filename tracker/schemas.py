@@ -221,7 +221,7 @@ class PricesCheckSchema(CheckSchema):
 class ReadinessChecksSchema(Schema):
     """The three readiness checks."""
 
-    postgres = fields.Nested(CheckSchema)
+    database = fields.Nested(CheckSchema)
     redis = fields.Nested(CheckSchema)
     prices = fields.Nested(PricesCheckSchema)
 
