@@ -19,4 +19,8 @@ COPY migrations/ migrations/
 
 USER tracker
 EXPOSE 8000
+# Liveness of the web process (no I/O behind /healthz); compose turns it off for the services
+# that serve no HTTP (worker, scheduler, migrate). The image has no curl: Python does the GET.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=15s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=3)"]
 CMD ["gunicorn", "wsgi:app"]

@@ -1,0 +1,103 @@
+"""What docker-compose.yml, the Dockerfile and .env.example say, checked without a Docker engine.
+
+The services' commands themselves run for real in tests/test_e2e.py (compose_command).
+"""
+
+import re
+import shlex
+import subprocess
+
+import yaml
+
+from tests.conftest import ROOT, command, free_port, read_log, wait_for_http
+from tracker.config import DEFAULTS
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+APP_SERVICES = ("migrate", "web", "worker", "scheduler")
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+# Settings read outside tracker/config.py: gunicorn.conf.py, the metrics directory, and the
+# compose file's own knobs.
+GUNICORN_SETTINGS = set(
+    re.findall(r'"(GUNICORN_[A-Z_]+)"', (ROOT / "gunicorn.conf.py").read_text())
+)
+COMPOSE_ONLY = {"POSTGRES_USER", "POSTGRES_PASSWORD", "WEB_PORT"}
+KNOWN = set(DEFAULTS) | GUNICORN_SETTINGS | {"PROMETHEUS_MULTIPROC_DIR"} | COMPOSE_ONLY
+
+
+def env_example_names():
+    text = (ROOT / ".env.example").read_text()
+    return set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", text, re.MULTILINE))
+
+
+def test_compose_declares_the_stack():
+    assert set(SERVICES) == {"db", "redis", *APP_SERVICES}
+    assert {SERVICES[name]["command"] for name in APP_SERVICES} == {
+        "flask db upgrade",
+        "gunicorn wsgi:app",
+        "flask worker",
+        "flask scheduler",
+    }
+    for name in APP_SERVICES:
+        assert SERVICES[name]["image"] == "deribit-price-tracker", name  # one image for all
+
+
+def test_app_services_wait_for_a_healthy_database_and_the_migration():
+    assert SERVICES["migrate"]["depends_on"] == {"db": {"condition": "service_healthy"}}
+    assert SERVICES["migrate"]["restart"] == "no"
+    for name in ("web", "worker", "scheduler"):
+        depends = SERVICES[name]["depends_on"]
+        assert depends["migrate"] == {"condition": "service_completed_successfully"}, name
+        assert depends["db"] == {"condition": "service_healthy"}, name
+        assert depends["redis"] == {"condition": "service_healthy"}, name
+    assert "pg_isready" in " ".join(SERVICES["db"]["healthcheck"]["test"])
+    assert SERVICES["db"]["volumes"] == ["db-data:/var/lib/postgresql/data"]
+    assert "db-data" in COMPOSE["volumes"]
+
+
+def test_only_the_web_has_a_healthcheck_and_it_probes_healthz():
+    assert "/healthz" in " ".join(SERVICES["web"]["healthcheck"]["test"])
+    for name in ("migrate", "worker", "scheduler"):
+        assert SERVICES[name]["healthcheck"] == {"disable": True}, name
+
+
+def test_worker_can_be_scaled():
+    # --scale needs no fixed container name and no published port.
+    assert "container_name" not in SERVICES["worker"] and "ports" not in SERVICES["worker"]
+
+
+def test_every_variable_compose_passes_is_a_setting_the_app_reads():
+    for name in APP_SERVICES:
+        unknown = set(SERVICES[name]["environment"]) - KNOWN
+        assert not unknown, f"{name} sets {unknown}: a typo, or a setting nobody reads"
+
+
+def test_env_example_documents_every_setting_and_nothing_else():
+    names = env_example_names()
+    assert set(DEFAULTS) <= names, set(DEFAULTS) - names
+    assert names <= KNOWN, names - KNOWN
+
+
+def test_dockerfile_runs_as_non_root_with_runtime_dependencies_only():
+    assert re.search(r"^FROM python:3\.11-slim$", DOCKERFILE, re.MULTILINE)
+    users = re.findall(r"^USER (\S+)$", DOCKERFILE, re.MULTILINE)
+    assert users and users[-1] not in ("root", "0")
+    assert "pip install -r requirements.txt" in DOCKERFILE
+    assert "requirements-dev" not in DOCKERFILE
+    assert "HEALTHCHECK" in DOCKERFILE and "/healthz" in DOCKERFILE
+    cmd = re.search(r"^CMD (\[.*\])$", DOCKERFILE, re.MULTILINE)[1]
+    assert yaml.safe_load(cmd) == shlex.split(SERVICES["web"]["command"])
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", "tests", ".git"} <= set(ignored)
+
+
+def test_the_web_healthcheck_command_passes_against_a_running_web(spawn):
+    port = free_port()
+    web = spawn(command("gunicorn", "wsgi:app"), GUNICORN_BIND=f"127.0.0.1:{port}")
+    wait_for_http(f"http://127.0.0.1:{port}/healthz", process=web)
+    probe = SERVICES["web"]["healthcheck"]["test"]
+    assert probe[:2] == ["CMD", "python"]
+    argv = [command("python")[0], *probe[2:]]
+    argv[-1] = argv[-1].replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr + read_log(web)
