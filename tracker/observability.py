@@ -213,10 +213,10 @@ class Health(MethodView):
 
 @blp.route("/readyz")
 class Readiness(MethodView):
-    @blp.response(200, ReadinessSchema, description="PostgreSQL, Redis and prices are fine.")
+    @blp.response(200, ReadinessSchema, description="Database, Redis and prices are fine.")
     @blp.alt_response(503, schema=ReadinessSchema, description="At least one check failed.")
     def get(self):
-        """Readiness: PostgreSQL and Redis answer, and every ticker has a recent price.
+        """Readiness: the database and Redis answer, and every ticker has a recent price.
 
         Recent means younger than 3 x FETCH_INTERVAL. The body details every check; `failed`
         names the ones that failed (database, redis, prices).
@@ -250,7 +250,7 @@ def readiness_checks():
 def _prices_check(newest):
     max_age = 3 * current_app.config["FETCH_INTERVAL"]
     if newest is None:
-        return {"ok": False, "max_age_seconds": max_age, "error": "unknown: PostgreSQL failed"}
+        return {"ok": False, "max_age_seconds": max_age, "error": "unknown: database failed"}
     now = int(time.time())
     tickers = {
         t: {"timestamp": ts, "age_seconds": None if ts is None else now - ts}
@@ -306,7 +306,7 @@ def metrics_registry():
 
 
 class SharedStateCollector:
-    """Fetch counts from Redis and price ages from PostgreSQL, read at scrape time."""
+    """Fetch counts from Redis and price ages from the database, read at scrape time."""
 
     def describe(self):
         return []  # families depend on what the sources hold; nothing to check up front
@@ -321,7 +321,7 @@ class SharedStateCollector:
             newest = newest_timestamps()
         except SQLAlchemyError as exc:
             db.session.rollback()
-            log.warning("metrics: PostgreSQL unavailable: %s", _first_line(exc))
+            log.warning("metrics: database unavailable: %s", _first_line(exc))
             errors.add_metric(["database"], 1)
         else:
             errors.add_metric(["database"], 0)
