@@ -5,12 +5,23 @@ import os
 import shutil
 import tempfile
 
+
+def _positive_int(name, default):
+    """A whole number > 0 from the environment, or stop with one line (as the app's settings do)."""
+    value = os.environ.get(name, str(default))
+    if not value.strip().isdigit() or int(value) <= 0:
+        raise SystemExit(
+            f"configuration error: {name} must be a positive whole number, got {value!r}"
+        )
+    return int(value)
+
+
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
-workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count()))
-threads = int(os.environ.get("GUNICORN_THREADS", "1"))
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
-graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
-keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
+workers = _positive_int("GUNICORN_WORKERS", multiprocessing.cpu_count())
+threads = _positive_int("GUNICORN_THREADS", 1)
+timeout = _positive_int("GUNICORN_TIMEOUT", 30)
+graceful_timeout = _positive_int("GUNICORN_GRACEFUL_TIMEOUT", 20)
+keepalive = _positive_int("GUNICORN_KEEPALIVE", 5)
 
 # Load the app once in the master: a configuration error stops the server with one line
 # instead of a crash loop of workers, and workers start faster.

@@ -208,6 +208,8 @@ OTHER_TICKER_CURSOR = encode_cursor("eth_usd", DAY)
         ("/api/v1/prices/by-date?ticker=btc_usd&date=1969-12-31", "date", "greater than"),
         ("/api/v1/prices/at?ticker=btc_usd", "timestamp", "Missing data"),
         ("/api/v1/prices/at?ticker=btc_usd&timestamp=1e9", "timestamp", "Not a valid time"),
+        ("/api/v1/prices/at?ticker=btc_usd&timestamp=" + "9" * 5000, "timestamp", "Not a valid"),
+        ("/api/v1/prices?ticker=btc_usd&to=1969-12-31T23:59:59.5Z", "to", "out of range"),
     ],
 )
 def test_bad_input_is_a_422_that_names_the_field(client, url, field, says):
@@ -229,6 +231,15 @@ def test_wrong_method_is_a_json_405(client):
     response = client.post("/api/v1/prices?ticker=btc_usd")
     assert response.status_code == 405
     assert response.is_json and response.json["message"]
+    assert response.headers["Allow"] == "GET, HEAD, OPTIONS"
+
+
+def test_fractional_bounds_never_let_in_an_excluded_second(app, client):
+    seed(app, "btc_usd", [DAY, DAY + 1, DAY + 2])
+    _, items = walk(client, "/api/v1/prices?ticker=btc_usd&from=2026-11-23T00:00:00.5Z")
+    assert [i["timestamp"] for i in items] == [DAY + 2, DAY + 1]
+    _, items = walk(client, "/api/v1/prices?ticker=btc_usd&to=2026-11-23T00:00:01.5Z")
+    assert [i["timestamp"] for i in items] == [DAY + 1, DAY]
 
 
 # --- Failures: JSON, never a stack trace ----------------------------------------------------------

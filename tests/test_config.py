@@ -111,3 +111,20 @@ def test_bad_configuration_fails_at_start_up_with_one_clear_line(argv):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[-1] == "configuration error: FETCH_INTERVAL must be positive, got 0"
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_bad_gunicorn_settings_stop_the_server_with_one_line(value):
+    result = subprocess.run(
+        command("gunicorn", "wsgi:app"),
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "GUNICORN_WORKERS": value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1] == (
+        f"configuration error: GUNICORN_WORKERS must be a positive whole number, got {value!r}"
+    )

@@ -47,6 +47,8 @@ def test_price_is_the_exact_number_deribit_sent(client, deribit, raw):
         ("Infinity", "not_finite"),
         ("-Infinity", "not_finite"),
         ("[1]", "non_numeric"),
+        ("1E-100000", "out_of_range"),
+        ("1E+40", "out_of_range"),
     ],
 )
 def test_garbage_prices_are_rejected_with_a_reason(client, deribit, raw, reason):
@@ -165,3 +167,16 @@ def test_connections_are_reused(client, deribit):
         client.index_price("btc_usd")
     assert len(deribit.requests_for("btc_usd")) == 3
     assert len(deribit.client_ports) == 1  # one kept-alive TCP connection served all three
+
+
+def test_absurd_error_bodies_are_rejected_not_raised(client, deribit):
+    deribit.script(
+        "btc_usd",
+        Reply(200, '{"jsonrpc":"2.0","error":{"code":[1],"message":"?"}}'),
+        Reply(200, "[" * 100_000 + "]" * 100_000),
+    )
+    with pytest.raises(DeribitRejected, match="Deribit error None"):
+        client.index_price("btc_usd")
+    with pytest.raises(InvalidPrice) as info:
+        client.index_price("btc_usd")
+    assert info.value.reason == "malformed_json"

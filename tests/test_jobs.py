@@ -120,3 +120,13 @@ def test_fetch_command_exits_non_zero_when_a_ticker_fails(runner, app, deribit):
     assert result.exit_code == 1
     assert "btc_usd" in result.output and "FAILED deribit_-32602" in result.output
     assert "2950.12" in result.output
+
+
+def test_a_run_that_starts_late_in_its_slot_never_overruns_into_the_next(app, deribit):
+    """0.1 s before its slot ends, a 0.5 s answer cannot be filed under that slot."""
+    deribit.latency = 0.5
+    with app.app_context():
+        summary = fetch_prices(now=NOW + 59.9)
+    assert summary["stored"] == [] and set(summary["failed"]) == {"btc_usd", "eth_usd"}
+    assert all(why.startswith(("timeout", "deadline")) for why in summary["failed"].values())
+    assert stored(app) == []

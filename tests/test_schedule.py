@@ -75,3 +75,16 @@ def test_two_schedulers_enqueue_once_per_interval_on_the_boundary(spawn, redis_c
     assert len(enqueued_at) == runs
     lateness = [at % interval for at in enqueued_at]
     assert max(lateness) <= 1.0, lateness  # polled every second: at most 1 s after the boundary
+
+
+def test_the_schedule_is_on_the_utc_clock_whatever_the_local_zone(spawn, redis_conn):
+    """India is UTC+5:30: a local-time cron "0 * * * *" would fire at :30 UTC."""
+    scheduler = spawn(command("flask", "scheduler"), FETCH_INTERVAL=3600, TZ="Asia/Kolkata")
+    deadline = time.monotonic() + 20
+    scheduled = []
+    while not scheduled and time.monotonic() < deadline:
+        assert scheduler.poll() is None, read_log(scheduler)
+        scheduled = redis_conn.zrange("rq:scheduler:scheduled_jobs", 0, -1, withscores=True)
+        time.sleep(0.1)
+    ((_, at),) = scheduled
+    assert at % 3600 == 0, f"next run at {at % 3600:.0f} s past the UTC hour"

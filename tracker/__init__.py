@@ -9,7 +9,7 @@ from flask import Flask, jsonify, send_from_directory
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from tracker import observability
@@ -111,6 +111,8 @@ def _register_error_handlers(app):
         # method) a message too, so every error says what is wrong.
         if not getattr(exc, "data", None):
             exc.data = {"message": exc.description}
+            if isinstance(exc, MethodNotAllowed):  # HTTP requires Allow on a 405
+                exc.data["headers"] = {"Allow": ", ".join(sorted(exc.valid_methods))}
         return rest_api.handle_http_exception(exc)
 
     @app.errorhandler(OperationalError)

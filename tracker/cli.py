@@ -1,6 +1,8 @@
 """Flask CLI commands: fetch once, run the RQ worker, run the scheduler, run it all (up)."""
 
+import os
 import sys
+import time
 
 import click
 from flask import current_app
@@ -29,7 +31,8 @@ def fetch():
             price, outcome = "-", f"FAILED {summary['failed'][ticker]}"
         else:
             price = summary["prices"][ticker]
-            outcome = "stored" if ticker in summary["stored"] else "already stored"
+            stored = ticker in summary["stored"]
+            outcome = "stored" if stored else "not stored: this slot already has a price"
         click.echo(f"{when}  {ticker:<12} {price:>16}  {outcome}")
     if summary["failed"]:
         sys.exit(1)
@@ -73,6 +76,11 @@ def worker(burst):
 @with_appcontext
 def scheduler():
     """Register the periodic jobs (idempotently) and enqueue each one when it is due."""
+    # rq-scheduler computes cron times from the local clock and converts them as local time:
+    # in a zone with a half-hour offset "0 * * * *" would fire at :30 UTC, and around a DST
+    # change it would run for an hour on every poll. Slots are UTC, so the scheduler is too.
+    os.environ["TZ"] = "UTC"
+    time.tzset()
     connection = rq_connection()
     rq_scheduler = make_scheduler(connection)
     cancelled, scheduled = reconcile(rq_scheduler, periodic_jobs(current_app.config))

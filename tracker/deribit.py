@@ -112,7 +112,7 @@ def parse_index_price(status, body):
         # parse_float=Decimal keeps the digits exactly as sent; NaN/Infinity become Decimal too
         # so that they are rejected below with their own reason.
         document = json.loads(body, parse_float=Decimal, parse_constant=Decimal)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         if status in RETRYABLE_STATUSES:
             raise DeribitUnavailable(f"HTTP {status}", f"http_{status}") from exc
         raise InvalidPrice(f"malformed JSON (HTTP {status})", "malformed_json") from exc
@@ -122,6 +122,7 @@ def parse_index_price(status, body):
     error = document.get("error")
     if error is not None:
         code = error.get("code") if isinstance(error, dict) else None
+        code = code if isinstance(code, int) and not isinstance(code, bool) else None
         message = error.get("message") if isinstance(error, dict) else error
         text = f"Deribit error {code}: {message}"
         if code in RETRYABLE_CODES or status in RETRYABLE_STATUSES:
@@ -148,4 +149,8 @@ def validate_price(price):
         raise InvalidPrice(f"index_price is not finite: {price}", "not_finite")
     if price <= 0:
         raise InvalidPrice(f"index_price is not positive: {price}", "non_positive")
+    if not -30 <= price.adjusted() <= 30:
+        # 1E-100000 is "a positive number" but no index price; PostgreSQL's NUMERIC would
+        # reject it and take the other tickers' rows of the same INSERT down with it.
+        raise InvalidPrice(f"index_price is out of range: {price}", "out_of_range")
     return price

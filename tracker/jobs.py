@@ -38,11 +38,13 @@ def fetch_prices(skip_stored=True, now=None):
     config = current_app.config
     interval = config["FETCH_INTERVAL"]
     started = time.monotonic()
-    slot = int(time.time() if now is None else now) // interval * interval
+    now = time.time() if now is None else now
+    slot = int(now) // interval * interval
     tickers = config["TICKERS"]
     done = stored_tickers(tickers, slot) if skip_stored else set()
-    # The cycle must end before the next one starts: every request and retry fits in 80 %.
-    deadline = started + interval * 0.8
+    # Every request and retry ends inside this slot, so no price fetched in the next slot is
+    # filed under this one (a late start leaves less time), and within 80 % of an interval.
+    deadline = started + min(interval * 0.8, slot + interval - now)
     results = deribit_client().index_prices([t for t in tickers if t not in done], deadline)
 
     prices = {t: p for t, p in results.items() if not isinstance(p, DeribitError)}

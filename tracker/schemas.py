@@ -2,6 +2,7 @@
 
 import base64
 import binascii
+import math
 import re
 from datetime import UTC, date, datetime
 
@@ -31,11 +32,19 @@ class TickerField(fields.String):
 
 
 class TimeField(fields.Field):
-    """A moment as UNIX seconds or ISO 8601 (naive times and bare dates are UTC); loads as int."""
+    """A moment as UNIX seconds or ISO 8601 (naive times and bare dates are UTC); loads as int.
+
+    A fractional ISO time is rounded down, or up with `round_up` (a range's start), so a
+    bound never lets in a second it excludes.
+    """
+
+    def __init__(self, *, round_up=False, **kwargs):
+        super().__init__(**kwargs)
+        self.round_up = round_up
 
     def _deserialize(self, value, attr, data, **kwargs):
         text = str(value).strip()
-        if re.fullmatch(r"-?\d+", text):
+        if re.fullmatch(r"-?\d{1,20}", text):  # bounded: int() of a huge string is slow
             timestamp = int(text)
         else:
             text = SPACED_OFFSET_RE.sub(r"\1+\2", text)
@@ -45,7 +54,8 @@ class TimeField(fields.Field):
                 raise ValidationError(f"Not a valid time {text!r}: use {TIME_HELP}.") from None
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=UTC)
-            timestamp = int(moment.timestamp())
+            seconds = moment.timestamp()
+            timestamp = math.ceil(seconds) if self.round_up else math.floor(seconds)
         if not MIN_TIME <= timestamp <= MAX_TIME:
             raise ValidationError(
                 f"Time {text!r} is out of range: it must lie between "
@@ -119,6 +129,7 @@ class PriceQueryArgsSchema(PageArgsSchema):
 
     start = TimeField(
         data_key="from",
+        round_up=True,
         metadata={
             "description": f"Only prices at or after this time: {TIME_HELP}.",
             "example": "2026-11-23",
