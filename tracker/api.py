@@ -47,7 +47,8 @@ def _error_example(status, message):
 
 def query_args(schema):
     """Parse query arguments strictly: an unknown parameter is an error, not silently ignored."""
-    return blp.arguments(schema, location="query", unknown=RAISE, as_kwargs=False)
+    # An instance, not the class: webargs would build a new schema on every request.
+    return blp.arguments(schema(), location="query", unknown=RAISE, as_kwargs=False)
 
 
 def documented_errors(view):
@@ -80,6 +81,12 @@ def page_response(args, rows, has_more):
         next_url = url_for(request.endpoint, _external=True, **query)
         response.headers["Link"] = f'<{next_url}>; rel="next"'
     return response
+
+
+def price_response(row):
+    """One row as JSON, in PriceSchema's shape, written without marshmallow (as pages are)."""
+    ticker, price, timestamp = row
+    return current_app.json.response({"ticker": ticker, "price": price, "timestamp": timestamp})
 
 
 def _before(args):
@@ -124,7 +131,7 @@ class LatestPrice(MethodView):
         row = latest_price(args["ticker"])
         if row is None:
             abort(404, message=f"No price stored for {args['ticker']} yet.")
-        return row._asdict()
+        return price_response(row)
 
 
 @blp.route("/prices/by-date")
@@ -164,4 +171,4 @@ class PriceAt(MethodView):
                 404,
                 message=f"No price stored for {args['ticker']} at or before {args['timestamp']}.",
             )
-        return row._asdict()
+        return price_response(row)

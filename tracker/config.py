@@ -18,6 +18,9 @@ DEFAULTS = {
     "DB_STATEMENT_TIMEOUT_MS": "5000",
 }
 
+# The Flask-SQLAlchemy bind of the read-only, autocommit engine.
+READ_BIND = "read"
+
 # Deribit index names: lower-case currency pairs such as btc_usd, eth_usdc, btcdvol_usdc.
 TICKER_RE = re.compile(r"^[a-z0-9]+_[a-z0-9]+$")
 
@@ -32,6 +35,9 @@ def load_config(environ, overrides=None):
     raw.update(overrides or {})
     interval = _positive_int("FETCH_INTERVAL", raw["FETCH_INTERVAL"])
     database_url = database_uri(raw["DATABASE_URL"])
+    engine_options = _engine_options(
+        _positive_int("DB_STATEMENT_TIMEOUT_MS", raw["DB_STATEMENT_TIMEOUT_MS"])
+    )
     config = {
         "TICKERS": _tickers(raw["TICKERS"]),
         "FETCH_INTERVAL": interval,
@@ -41,9 +47,19 @@ def load_config(environ, overrides=None):
         "DERIBIT_TIMEOUT": _positive_float("DERIBIT_TIMEOUT", raw["DERIBIT_TIMEOUT"]),
         "LOG_LEVEL": _log_level(raw["LOG_LEVEL"]),
         "SQLALCHEMY_DATABASE_URI": database_url,
-        "SQLALCHEMY_ENGINE_OPTIONS": _engine_options(
-            _positive_int("DB_STATEMENT_TIMEOUT_MS", raw["DB_STATEMENT_TIMEOUT_MS"])
-        ),
+        "SQLALCHEMY_ENGINE_OPTIONS": engine_options,
+        # The API's reads use their own pool of autocommit connections (models.read): one
+        # round trip per SELECT instead of BEGIN, SELECT, ROLLBACK (switching a pooled
+        # connection to autocommit and back costs a round trip too). No pre-ping there: its
+        # SELECT 1 was 17 % of a /prices/latest request (py-spy); reads retry once instead.
+        "SQLALCHEMY_BINDS": {
+            READ_BIND: {
+                "url": database_url,
+                **engine_options,
+                "isolation_level": "AUTOCOMMIT",
+                "pool_pre_ping": False,
+            }
+        },
     }
     # Keys that are not ours (TESTING, flask-smorest settings, ...) pass through untouched.
     config.update({k: v for k, v in (overrides or {}).items() if k not in DEFAULTS})
@@ -141,7 +157,8 @@ def _log_level(value):
 
 def _engine_options(statement_timeout_ms):
     # Fail fast instead of hanging a request when PostgreSQL is down or a query runs away;
-    # pre-ping replaces connections a database restart has killed.
+    # pre-ping replaces connections a database restart has killed (the writes' pool keeps it:
+    # one round trip a minute; the API's read pool retries instead, see models.read).
     return {
         "pool_pre_ping": True,
         "connect_args": {

@@ -1,8 +1,10 @@
 """The price_records table and the queries everyone shares: latest, as-of, page, insert-ignore."""
 
-from sqlalchemy import BigInteger, CheckConstraint, Numeric, String, and_, select
+from sqlalchemy import BigInteger, CheckConstraint, Numeric, String, bindparam, select
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import DBAPIError
 
+from tracker.config import READ_BIND
 from tracker.extensions import db
 
 
@@ -22,7 +24,28 @@ class Price(db.Model):
     price = db.Column(Numeric(asdecimal=True), nullable=False)
 
 
-COLUMNS = (Price.ticker, Price.price, Price.timestamp)
+# Earliest and latest timestamps a BIGINT holds: the bounds of a range left open.
+FIRST, LAST = -(2**63), 2**63 - 1
+
+# The API's queries, built once with bound parameters: building a statement per request and
+# matching its result columns to the cached compiled form took a quarter of /prices/latest's
+# time (profiled); a prebuilt statement is a plain cache hit.
+_NEWEST_AT = (
+    select(Price.ticker, Price.price, Price.timestamp)
+    .where(Price.ticker == bindparam("ticker"), Price.timestamp <= bindparam("at"))
+    .order_by(Price.timestamp.desc())
+    .limit(1)
+)
+_PAGE = (
+    select(Price.ticker, Price.price, Price.timestamp)
+    .where(
+        Price.ticker == bindparam("ticker"),
+        Price.timestamp.between(bindparam("start"), bindparam("end")),
+        Price.timestamp < bindparam("before"),
+    )
+    .order_by(Price.timestamp.desc())
+    .limit(bindparam("limit"))
+)
 
 
 def latest_price(ticker):
@@ -32,10 +55,8 @@ def latest_price(ticker):
 
 def price_at(ticker, timestamp):
     """The newest row of `ticker` at or before `timestamp` (any time when None), or None."""
-    query = select(*COLUMNS).where(Price.ticker == ticker)
-    if timestamp is not None:
-        query = query.where(Price.timestamp <= timestamp)
-    return db.session.execute(query.order_by(Price.timestamp.desc()).limit(1)).first()
+    rows = read(_NEWEST_AT, ticker=ticker, at=LAST if timestamp is None else timestamp)
+    return rows[0] if rows else None
 
 
 def price_page(ticker, *, start=None, end=None, before=None, limit=100):
@@ -45,24 +66,39 @@ def price_page(ticker, *, start=None, end=None, before=None, limit=100):
     page deep in history is one index range scan, as cheap as the first. Returns up to
     `limit` rows and whether more follow.
     """
-    conditions = [Price.ticker == ticker]
-    if start is not None:
-        conditions.append(Price.timestamp >= start)
-    if end is not None:
-        conditions.append(Price.timestamp <= end)
-    if before is not None:
-        conditions.append(Price.timestamp < before)
-    query = (
-        select(*COLUMNS).where(and_(*conditions)).order_by(Price.timestamp.desc()).limit(limit + 1)
+    rows = read(
+        _PAGE,
+        ticker=ticker,
+        start=FIRST if start is None else start,
+        end=LAST if end is None else end,
+        before=LAST if before is None else before,
+        limit=limit + 1,
     )
-    rows = db.session.execute(query).all()
     return rows[:limit], len(rows) > limit
 
 
 def stored_tickers(tickers, timestamp):
     """Which of `tickers` already have a row at `timestamp`."""
     query = select(Price.ticker).where(Price.ticker.in_(tickers), Price.timestamp == timestamp)
-    return set(db.session.execute(query).scalars())
+    return {ticker for (ticker,) in read(query)}
+
+
+def read(query, **params):
+    """The rows of a read-only query, on the autocommit read engine: one round trip.
+
+    In a session the same SELECT costs BEGIN, the query and ROLLBACK, plus pre-ping's SELECT 1:
+    four round trips (see docs/PERFORMANCE.md). The read pool does not pre-ping (config.py):
+    a connection a database restart killed fails here once, SQLAlchemy then replaces every
+    connection of that pool, and the query, being a read, simply runs again.
+    """
+    for attempt in (1, 2):
+        try:
+            with db.engines[READ_BIND].connect() as connection:
+                return connection.execute(query, params).all()
+        except DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def insert_prices(rows):
