@@ -1,5 +1,8 @@
 """The price_records table and the queries everyone shares: latest, as-of, page, insert-ignore."""
 
+import functools
+
+import psycopg2
 from sqlalchemy import BigInteger, CheckConstraint, Numeric, String, bindparam, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
@@ -80,25 +83,45 @@ def price_page(ticker, *, start=None, end=None, before=None, limit=100):
 def stored_tickers(tickers, timestamp):
     """Which of `tickers` already have a row at `timestamp`."""
     query = select(Price.ticker).where(Price.ticker.in_(tickers), Price.timestamp == timestamp)
-    return {ticker for (ticker,) in read(query)}
+    return set(db.session.execute(query).scalars())
 
 
 def read(query, **params):
-    """The rows of a read-only query, on the autocommit read engine: one round trip.
+    """The rows of a prebuilt read-only query, as tuples, on the autocommit read pool.
 
-    In a session the same SELECT costs BEGIN, the query and ROLLBACK, plus pre-ping's SELECT 1:
-    four round trips (see docs/PERFORMANCE.md). The read pool does not pre-ping (config.py):
-    a connection a database restart killed fails here once, SQLAlchemy then replaces every
-    connection of that pool, and the query, being a read, simply runs again.
+    One round trip to PostgreSQL (a session adds BEGIN and ROLLBACK, pre-ping a SELECT 1),
+    and the statement runs on the pooled psycopg2 cursor: SQLAlchemy's result layer around
+    it cost ~85 us of a ~780 us /prices/latest request (docs/PERFORMANCE.md). Errors become
+    SQLAlchemy's, as from any other query. The read pool does not pre-ping (config.py): a
+    connection a database restart killed fails once, is replaced, and the read runs again.
     """
+    engine = db.engines[READ_BIND]
+    sql, defaults = _compiled(query, engine.dialect)
+    params = {**defaults, **params}
     for attempt in (1, 2):
         try:
-            with db.engines[READ_BIND].connect() as connection:
-                return connection.execute(query, params).all()
-        except DBAPIError as exc:
-            if attempt == 2 or not exc.connection_invalidated:
-                raise
+            connection = engine.raw_connection()
+        except psycopg2.Error as exc:
+            raise DBAPIError.instance(sql, params, exc, psycopg2.Error) from exc
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                return cursor.fetchall()
+        except psycopg2.Error as exc:
+            if attempt == 1 and connection.dbapi_connection.closed:
+                connection.invalidate(exc)
+                engine.dispose()  # the others died with it: start a fresh pool
+                continue
+            raise DBAPIError.instance(sql, params, exc, psycopg2.Error) from exc
+        finally:
+            connection.close()
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+@functools.cache
+def _compiled(query, dialect):
+    compiled = query.compile(dialect=dialect)
+    return compiled.string, compiled.params
 
 
 def insert_prices(rows):
