@@ -73,25 +73,34 @@ def _one(rows):
     return _json({"ticker": ticker, "price": price, "timestamp": timestamp})
 
 
+def query_for(endpoint, args):
+    """The SQL and parameters a floor endpoint runs; the benchmark EXPLAINs the same."""
+    ticker = args["ticker"]
+    if endpoint == "latest":
+        return LATEST_SQL, (ticker,)
+    if endpoint == "at":
+        return AT_SQL, (ticker, int(args["timestamp"]))
+    bounds = [int(args.get(k, d)) for k, d in (("start", 0), ("end", 2**62), ("before", 2**62))]
+    return PAGE_SQL, (ticker, *bounds, int(args.get("limit", 100)) + 1)
+
+
 @raw_app.get("/latest")
 def latest():
     """The newest row of a ticker."""
-    return _one(_rows(LATEST_SQL, (request.args["ticker"],)))
+    return _one(_rows(*query_for("latest", request.args)))
 
 
 @raw_app.get("/at")
 def at():
     """The newest row at or before a timestamp."""
-    return _one(_rows(AT_SQL, (request.args["ticker"], int(request.args["timestamp"]))))
+    return _one(_rows(*query_for("at", request.args)))
 
 
 @raw_app.get("/page")
 def page():
     """Up to `limit` rows, newest first, in [start, end] and before `before`, as a page."""
-    args = request.args
-    ticker, limit = args["ticker"], int(args.get("limit", 100))
-    bounds = [int(args.get(k, d)) for k, d in (("start", 0), ("end", 2**62), ("before", 2**62))]
-    rows = _rows(PAGE_SQL, (ticker, *bounds, limit + 1))
+    limit = int(request.args.get("limit", 100))
+    rows = _rows(*query_for("page", request.args))
     items = [{"ticker": t, "price": p, "timestamp": ts} for t, p, ts in rows[:limit]]
     next_before = rows[limit - 1][2] if len(rows) > limit else None
-    return _json({"ticker": ticker, "items": items, "next_before": next_before})
+    return _json({"ticker": request.args["ticker"], "items": items, "next_before": next_before})

@@ -79,6 +79,10 @@ def test_bench_runs_end_to_end_on_a_tiny_table(redis_conn, tmp_path):
         assert cells["latest"]["items"] == cells["at middle"]["items"] == 1
         assert cells["first page"]["items"] == cells["deep page"]["items"] == 100
         assert cells["by-date day"]["items"] == 1440
+    # Every endpoint's SQL is an index range scan: its cost cannot grow with the table.
+    assert {p["endpoint"] for p in results["plans"]} == set(ENDPOINTS)
+    for plan in results["plans"]:
+        assert plan["scans"] and "Seq Scan" not in plan["scans"], plan
     assert results["fetch"]["max_concurrent_requests"] == 2
     assert results["rss_web_worker_kb"] > 0 and results["rss_rq_worker_kb"] > 0
     assert any(t.startswith(("MET", "MISSED")) for t in results["targets"])
