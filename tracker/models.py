@@ -92,8 +92,9 @@ def read(query, **params):
     One round trip to PostgreSQL (a session adds BEGIN and ROLLBACK, pre-ping a SELECT 1),
     and the statement runs on the pooled psycopg2 cursor: SQLAlchemy's result layer around
     it cost 60 of the 310 us of CPU /prices/latest took in-process (docs/PERFORMANCE.md).
-    Errors become SQLAlchemy's, as from any other query. The read pool does not pre-ping (config.py): a
-    connection a database restart killed fails once, is replaced, and the read runs again.
+    Errors become SQLAlchemy's, as from any other query. The read pool does not pre-ping
+    (config.py): a connection a database restart killed fails once, is replaced, and the
+    read runs again.
     """
     engine = db.engines[READ_BIND]
     sql, defaults = _compiled(query, engine.dialect)
