@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test lint install clean
+.PHONY: run demo test lint bench install clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ demo: install
 ## The test suite, against the PostgreSQL and Redis on localhost.
 test: install
 	$(BIN)/pytest
+
+## The benchmark (docs/PERFORMANCE.md): seeds its own database tracker_bench, loads the API and
+## its floors with wrk on loopback (installed from Debian's packages if missing), prints a table.
+bench: install
+	$(BIN)/python -m tests.benchmark
 
 lint: install
 	$(BIN)/ruff check .

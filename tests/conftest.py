@@ -36,11 +36,17 @@ ADMIN_DATABASE_URL = os.environ.get(
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
-def _admin_connection():
-    url = make_url(ADMIN_DATABASE_URL)
-    connection = psycopg2.connect(
+def pg_connect(database_url):
+    """A psycopg2 connection for a SQLAlchemy-style PostgreSQL URL."""
+    url = make_url(database_url)
+    return psycopg2.connect(
         host=url.host, port=url.port, user=url.username, password=url.password, dbname=url.database
     )
+
+
+def admin_connection():
+    """An autocommit connection that may CREATE and DROP databases."""
+    connection = pg_connect(ADMIN_DATABASE_URL)
     connection.autocommit = True
     return connection
 
@@ -57,7 +63,7 @@ def _migrate(database_url):
 def postgres_url():
     """A fresh PostgreSQL database for this test run, migrated, dropped at the end."""
     name = f"tracker_test_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = _admin_connection()
+    admin = admin_connection()
     with admin.cursor() as cursor:
         cursor.execute(f'CREATE DATABASE "{name}"')
     url = make_url(ADMIN_DATABASE_URL).set(database=name).render_as_string(hide_password=False)

@@ -126,6 +126,9 @@ class FakeDeribit:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as Deribit does
+            # Headers and body go out in two writes: with Nagle on, the second waits for the
+            # client's delayed ACK (40 ms) on a kept-alive connection, which Deribit does not add.
+            disable_nagle_algorithm = True
 
             def do_GET(self):  # noqa: N802 - the name http.server dispatches to
                 url = urlsplit(self.path)

@@ -5,8 +5,9 @@ from decimal import Decimal
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from sqlalchemy.engine import make_url
 
-from tests.conftest import ADMIN_DATABASE_URL
+from tests.conftest import ADMIN_DATABASE_URL, admin_connection
 from tracker.models import insert_prices
 from tracker.schemas import PricePageSchema, PriceSchema, encode_cursor
 
@@ -264,6 +265,35 @@ def test_database_down_is_a_json_503(make_app, url):
         "message": "Database unavailable, retry later.",
     }
     assert response.headers["Retry-After"]
+
+
+def test_connections_a_database_restart_dropped_are_replaced_without_an_error(
+    make_app, postgres_url
+):
+    # PostgreSQL's read pool does not pre-ping (a round trip per request): a read that meets
+    # a dead connection must retry on a fresh one instead of answering 503.
+    app = make_app(DATABASE_URL=postgres_url)
+    client = app.test_client()
+    seed(app, "btc_usd", [DAY])
+    assert client.get("/api/v1/prices/latest?ticker=btc_usd").status_code == 200
+    connection = admin_connection()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (make_url(postgres_url).database,),
+            )
+            assert cursor.fetchone()[0] >= 1  # the API's pooled connection, at least
+    finally:
+        connection.close()
+    for url in [
+        "/api/v1/prices/latest?ticker=btc_usd",
+        "/api/v1/prices?ticker=btc_usd",
+        f"/api/v1/prices/at?ticker=btc_usd&timestamp={DAY}",
+    ]:
+        response = client.get(url)
+        assert response.status_code == 200, response.json
 
 
 def test_unexpected_database_error_is_a_json_500_without_details(make_app):

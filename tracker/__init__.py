@@ -59,7 +59,8 @@ def create_app(test_config=None):
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         os.makedirs(app.instance_path, exist_ok=True)
         with app.app_context():
-            event.listen(db.engine, "connect", _sqlite_wal)
+            for engine in db.engines.values():  # the default one and the API's read pool
+                event.listen(engine, "connect", _sqlite_wal)
     migrate.init_app(app, db)
     rest_api.init_app(app)
     cors.init_app(app, origins=app.config["CORS_ORIGINS"], **CORS_SETTINGS)

@@ -1,6 +1,8 @@
-"""Flask CLI commands: fetch once, run the RQ worker, run the scheduler, run it all (up)."""
+"""Flask CLI commands: fetch once, worker, scheduler, run it all (up), seed history."""
 
+import io
 import os
+import random
 import sys
 import time
 
@@ -9,14 +11,14 @@ from flask import current_app
 from flask.cli import with_appcontext
 from rq import SimpleWorker
 
-from tracker.extensions import fetch_queue, rq_connection
+from tracker.extensions import db, fetch_queue, rq_connection
 from tracker.jobs import fetch_prices, iso
 from tracker.local import up
 from tracker.schedule import make_scheduler, periodic_jobs, reconcile
 
 
 def register_commands(app):
-    for command in (fetch, worker, scheduler, up):
+    for command in (fetch, worker, scheduler, up, seed):
         app.cli.add_command(command)
 
 
@@ -89,3 +91,83 @@ def scheduler():
         f" scheduled={scheduled or '-'} cancelled={cancelled or '-'}"
     )
     rq_scheduler.run()
+
+
+# Where each seeded random walk starts, in cents; other tickers start at 100.00.
+SEED_START_CENTS = {"btc_usd": 5_000_000, "eth_usd": 300_000}
+SEED_CHUNK_ROWS = 200_000
+
+
+@click.command()
+@click.option(
+    "--days",
+    type=click.FloatRange(min=0, min_open=True),
+    required=True,
+    help="How much history to write, ending at the current minute (e.g. 730).",
+)
+@click.option("--random-seed", type=int, default=0, help="Seed of the random walk.")
+@with_appcontext
+def seed(days, random_seed):
+    """Write synthetic history: one random-walk price per minute per tracked ticker, bulk-loaded.
+
+    An empty table is filled with COPY directly; otherwise rows go through a temporary table
+    and INSERT ... ON CONFLICT DO NOTHING, so stored prices are never overwritten.
+    """
+    if db.engine.dialect.name != "postgresql":
+        raise click.UsageError("flask seed bulk-loads with PostgreSQL's COPY: set DATABASE_URL")
+    started = time.monotonic()
+    minutes = round(days * 1440)
+    end = int(time.time()) // 60 * 60
+    first = end - (minutes - 1) * 60
+    rng = random.Random(random_seed)
+    connection = db.engine.raw_connection()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT NOT EXISTS (SELECT 1 FROM price_records)")
+            empty = cursor.fetchone()[0]
+            target = "price_records"
+            if not empty:
+                target = "seed_rows"
+                cursor.execute(
+                    "CREATE TEMP TABLE seed_rows (LIKE price_records INCLUDING DEFAULTS)"
+                    " ON COMMIT DROP"
+                )
+            for ticker in current_app.config["TICKERS"]:
+                cents = SEED_START_CENTS.get(ticker, 10_000)
+                for chunk_first in range(first, end + 1, SEED_CHUNK_ROWS * 60):
+                    chunk_end = min(end, chunk_first + (SEED_CHUNK_ROWS - 1) * 60)
+                    lines, cents = _walk(ticker, chunk_first, chunk_end, cents, rng)
+                    cursor.copy_expert(
+                        f"COPY {target} (ticker, timestamp, price) FROM STDIN",
+                        io.StringIO(lines),
+                    )
+            inserted = len(current_app.config["TICKERS"]) * minutes
+            if not empty:
+                cursor.execute(
+                    "INSERT INTO price_records SELECT * FROM seed_rows"
+                    " ON CONFLICT (ticker, timestamp) DO NOTHING"
+                )
+                inserted = cursor.rowcount
+        connection.commit()
+    finally:
+        connection.close()
+    tickers = len(current_app.config["TICKERS"])
+    click.echo(
+        f"seeded {inserted} new rows ({minutes} minutes x {tickers} tickers,"
+        f" {iso(first)} .. {iso(end)}) via {'COPY' if empty else 'COPY + INSERT ON CONFLICT'}"
+        f" in {time.monotonic() - started:.1f}s"
+    )
+
+
+def _walk(ticker, first, last, cents, rng):
+    """COPY text for one minute per row from `first` to `last`, and the walk's last price."""
+    step = max(cents // 2000, 1)  # about 0.05 % per minute
+    floor = max(cents // 100, 1)
+    gauss = rng.gauss
+    out = []
+    for timestamp in range(first, last + 1, 60):
+        cents += int(gauss(0, step))
+        if cents < floor:  # reflect, so the walk stays positive (the CHECK constraint)
+            cents = 2 * floor - cents
+        out.append(f"{ticker}\t{timestamp}\t{cents // 100}.{cents % 100:02d}\n")
+    return "".join(out), cents

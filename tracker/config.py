@@ -25,6 +25,9 @@ DEFAULTS = {
     "CORS_ORIGINS": "*",
 }
 
+# The Flask-SQLAlchemy bind of the read-only, autocommit engine.
+READ_BIND = "read"
+
 # Deribit index names: lower-case currency pairs such as btc_usd, eth_usdc, btcdvol_usdc.
 TICKER_RE = re.compile(r"^[a-z0-9]+_[a-z0-9]+$")
 # A browser Origin: scheme, host and optional port, no path. Plain text only, because
@@ -45,6 +48,9 @@ def load_config(environ, overrides=None, instance_path="instance"):
     raw.update(overrides or {})
     interval = _positive_int("FETCH_INTERVAL", raw["FETCH_INTERVAL"])
     database_url = database_uri(raw["DATABASE_URL"] or f"sqlite:///{instance_path}/tracker.db")
+    engine_options = _engine_options(
+        database_url, _positive_int("DB_STATEMENT_TIMEOUT_MS", raw["DB_STATEMENT_TIMEOUT_MS"])
+    )
     config = {
         "TICKERS": _tickers(raw["TICKERS"]),
         "FETCH_INTERVAL": interval,
@@ -58,9 +64,19 @@ def load_config(environ, overrides=None, instance_path="instance"):
             raw["PROMETHEUS_MULTIPROC_DIR"], "PROMETHEUS_MULTIPROC_DIR" in environ
         ),
         "SQLALCHEMY_DATABASE_URI": database_url,
-        "SQLALCHEMY_ENGINE_OPTIONS": _engine_options(
-            database_url, _positive_int("DB_STATEMENT_TIMEOUT_MS", raw["DB_STATEMENT_TIMEOUT_MS"])
-        ),
+        "SQLALCHEMY_ENGINE_OPTIONS": engine_options,
+        # The API's reads use their own pool of autocommit connections (models.read): one
+        # round trip per SELECT instead of BEGIN, SELECT, ROLLBACK (switching a pooled
+        # connection to autocommit and back costs a round trip too). No pre-ping there: its
+        # SELECT 1 was 17 % of a /prices/latest request (py-spy); reads retry once instead.
+        "SQLALCHEMY_BINDS": {
+            READ_BIND: {
+                "url": database_url,
+                **engine_options,
+                "isolation_level": "AUTOCOMMIT",
+                "pool_pre_ping": False,
+            }
+        },
         "TRUSTED_PROXIES": _non_negative_int("TRUSTED_PROXIES", raw["TRUSTED_PROXIES"]),
         "CORS_ORIGINS": _cors_origins(raw["CORS_ORIGINS"]),
     }
@@ -214,7 +230,8 @@ def _engine_options(database_url, statement_timeout_ms):
         # web, worker and scheduler share the file: wait for a writer's lock instead of failing.
         return {"connect_args": {"timeout": 30}}
     # Fail fast instead of hanging a request when PostgreSQL is down or a query runs away;
-    # pre-ping replaces connections a database restart has killed.
+    # pre-ping replaces connections a database restart has killed (the writes' pool keeps it:
+    # one round trip a minute; the API's read pool retries instead, see models.read).
     return {
         "pool_pre_ping": True,
         "connect_args": {

@@ -166,7 +166,7 @@ def newest_timestamps():
     newest = {}
     for ticker in current_app.config["TICKERS"]:
         row = latest_price(ticker)  # one primary-key index lookup
-        newest[ticker] = row.timestamp if row else None
+        newest[ticker] = row[2] if row else None  # (ticker, price, timestamp)
     return newest
 
 

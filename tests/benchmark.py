@@ -1,0 +1,613 @@
+"""The benchmark (`make bench`): seed history, load the API and its floors with wrk, print a table.
+
+Everything runs here, on loopback: PostgreSQL database `tracker_bench` (dropped and re-created),
+the API under gunicorn exactly as production starts it (`gunicorn wsgi:app`, gunicorn.conf.py),
+the two floors on the same settings (tests/bench_floors.py), and wrk, bounded in time.
+Timings are printed and checked against the targets in docs/PERFORMANCE.md, never asserted.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+import requests
+from redis import Redis
+from sqlalchemy.engine import make_url
+
+from tests.bench_floors import query_for
+from tests.conftest import ADMIN_DATABASE_URL, free_port, pg_connect, stop_process_group
+from tests.fake_deribit import FakeDeribit
+from tracker import create_app
+from tracker.extensions import fetch_queue
+from tracker.jobs import fetch_prices
+from tracker.schemas import encode_cursor
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TICKER = "btc_usd"
+TICKERS = "btc_usd,eth_usd"
+ROWS_PER_DAY = 1440 * len(TICKERS.split(","))
+# wrk cycles through the paths it is given: one per request, round robin, per connection.
+WRK_SCRIPT = """
+local paths = {}
+local i = 0
+function init(args) for _, p in ipairs(args) do paths[#paths + 1] = p end end
+function request() i = i % #paths + 1; return wrk.format("GET", paths[i]) end
+"""
+ENDPOINTS = ("latest", "first page", "deep page", "by-date day", "at middle")
+
+
+def main(argv=None):
+    options = _parse(argv)
+    wrk = find_wrk()
+    database_url = create_database(options.database)
+    workdir = Path(tempfile.mkdtemp(prefix="tracker-bench-"))
+    (workdir / "paths.lua").write_text(WRK_SCRIPT)
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": options.redis_url,
+        "TICKERS": TICKERS,
+        "PYTHONUNBUFFERED": "1",
+    }
+    results = {"machine": machine(), "cells": [], "seeds": [], "plans": []}
+    servers = []
+    try:
+        api = start_gunicorn(["wsgi:app"], env, workdir / "api.log", servers)
+        raw = start_gunicorn(
+            ["-c", "gunicorn.conf.py", "tests.bench_floors:raw_app"],
+            env,
+            workdir / "raw.log",
+            servers,
+        )
+        const = start_gunicorn(
+            ["-c", "gunicorn.conf.py", "tests.bench_floors:constant_app"],
+            env,
+            workdir / "constant.log",
+            servers,
+        )
+        load = Load(wrk, workdir / "paths.lua", options, database_url)
+        for size in options.sizes:
+            results["seeds"].append(seed(database_url, size, env))
+            rows, first, last = table_span(database_url)
+            plan = [(const, "constant", ["/constant"], "floor")]
+            for name, api_paths, raw_paths in endpoint_paths(first, last):
+                plan += [(api, name, api_paths, "api"), (raw, name, raw_paths, "raw")]
+                results["plans"].append(explain(database_url, name, rows, raw_paths))
+            results["cells"] += load.best_of(plan, rows)
+        results["rss_web_worker_kb"] = max(vm_rss(pid) for pid in children(api.pid))
+        results["fetch"], results["rss_rq_worker_kb"] = fetch_cycle(database_url, options, env)
+    finally:
+        for process in servers:
+            stop_process_group(process)
+        shutil.rmtree(workdir, ignore_errors=True)
+        if options.drop:
+            drop_database(options.database)
+    results["targets"] = report(results)
+    if options.json:
+        Path(options.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sizes", default="10000,1000000,2100000", help="table sizes in rows (both tickers)"
+    )
+    parser.add_argument("--duration", type=int, default=3, help="seconds of wrk per run")
+    parser.add_argument("--warmup", type=int, default=1, help="seconds of wrk before each cell")
+    parser.add_argument("--repeats", type=int, default=4, help="runs per cell, the best is kept")
+    parser.add_argument("--connections", type=int, default=2 * (os.cpu_count() or 1))
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--database", default="tracker_bench", help="created, and dropped first")
+    parser.add_argument("--drop", action="store_true", help="drop the database at the end")
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
+    )
+    parser.add_argument("--json", help="also write the results to this file")
+    options = parser.parse_args(argv)
+    options.sizes = [int(size) for size in options.sizes.split(",")]
+    return options
+
+
+def find_wrk():
+    """wrk from PATH; installed from Debian's packages when missing and we are root."""
+    if not shutil.which("wrk") and shutil.which("apt-get") and os.geteuid() == 0:
+        print("wrk not found: apt-get install -y wrk", flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+    wrk = shutil.which("wrk")
+    if not wrk:
+        raise SystemExit("wrk is needed: apt-get install wrk")
+    return wrk
+
+
+def _admin():
+    connection = pg_connect(ADMIN_DATABASE_URL)
+    connection.autocommit = True
+    return connection
+
+
+def create_database(name):
+    """Drop and re-create the bench's own database, migrated; returns its URL."""
+    drop_database(name)
+    admin = _admin()
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        admin.close()
+    url = make_url(ADMIN_DATABASE_URL).set(database=name).render_as_string(hide_password=False)
+    subprocess.run(
+        [BIN / "flask", "db", "upgrade"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": url},
+        check=True,
+        capture_output=True,
+    )
+    return url
+
+
+def drop_database(name):
+    admin = _admin()
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.close()
+
+
+def sql(database_url, statement):
+    connection = pg_connect(database_url)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+            return cursor.fetchall() if cursor.description else None
+    finally:
+        connection.close()
+
+
+def seed(database_url, rows, env):
+    """Empty the table and seed about `rows` rows with `flask seed`, then VACUUM ANALYZE."""
+    sql(database_url, "TRUNCATE price_records")
+    days = rows / ROWS_PER_DAY
+    started = time.monotonic()
+    done = subprocess.run(
+        [BIN / "flask", "seed", "--days", f"{days:.6f}"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.monotonic() - started
+    sql(database_url, "VACUUM ANALYZE price_records")
+    line = done.stdout.strip().splitlines()[-1]
+    print(line, flush=True)
+    return {"rows": rows, "days": round(days, 3), "seconds": round(seconds, 2), "output": line}
+
+
+def table_span(database_url):
+    """Rows in the table, and the first and last timestamp of the ticker under load."""
+    (count,) = sql(database_url, "SELECT count(*) FROM price_records")[0]
+    first, last = sql(
+        database_url,
+        f"SELECT min(timestamp), max(timestamp) FROM price_records WHERE ticker = '{TICKER}'",
+    )[0]
+    return count, first, last
+
+
+def endpoint_paths(first, last):
+    """(name, API paths, raw floor paths) of each endpoint, for history from `first` to `last`."""
+    api = "/api/v1/prices"
+    deep = first + 101 * 60  # the page before it holds the oldest 100 rows, and one more follows
+    middle = (first + last) // 2
+    day = middle // 86400 * 86400  # a full UTC day in the middle of history: 1,440 rows
+    date = datetime.fromtimestamp(day, UTC).date().isoformat()
+    second_page = day + 86340 - 999 * 60  # the day is two pages: 1,000 rows, then 440
+    return [
+        ("latest", [f"{api}/latest?ticker={TICKER}"], [f"/latest?ticker={TICKER}"]),
+        ("first page", [f"{api}?ticker={TICKER}"], [f"/page?ticker={TICKER}"]),
+        (
+            "deep page",
+            [f"{api}?ticker={TICKER}&cursor={encode_cursor(TICKER, deep)}"],
+            [f"/page?ticker={TICKER}&before={deep}"],
+        ),
+        (
+            "by-date day",
+            [
+                f"{api}/by-date?ticker={TICKER}&date={date}&limit=1000",
+                f"{api}/by-date?ticker={TICKER}&date={date}&limit=1000"
+                f"&cursor={encode_cursor(TICKER, second_page)}",
+            ],
+            [
+                f"/page?ticker={TICKER}&start={day}&end={day + 86399}&limit=1000",
+                f"/page?ticker={TICKER}&start={day}&end={day + 86399}&limit=1000"
+                f"&before={second_page}",
+            ],
+        ),
+        (
+            "at middle",
+            [f"{api}/at?ticker={TICKER}&timestamp={middle + 30}"],
+            [f"/at?ticker={TICKER}&timestamp={middle + 30}"],
+        ),
+    ]
+
+
+def explain(database_url, name, rows, raw_paths):
+    """How much of the table the endpoint's SQL touches: buffers and plan, from EXPLAIN ANALYZE.
+
+    Noise-free where req/s is not: a flat cost means the same few index and heap pages
+    whatever the table's size.
+    """
+    buffers, nodes = 0, set()
+    for path in raw_paths:
+        url = urlsplit(path)
+        statement, params = query_for(url.path.strip("/"), dict(parse_qsl(url.query)))
+        connection = pg_connect(database_url)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, params)
+                plan = cursor.fetchone()[0][0]["Plan"]
+        finally:
+            connection.close()
+        buffers += plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
+        while plan:  # down to the scan at the bottom of the plan
+            if "Scan" in plan["Node Type"]:
+                nodes.add(plan["Node Type"])
+            plan = (plan.get("Plans") or [None])[0]
+    print(f"plan  {name:<12} {rows:>9} rows  {buffers} buffers  {', '.join(sorted(nodes))}")
+    return {"endpoint": name, "rows": rows, "buffers": buffers, "scans": sorted(nodes)}
+
+
+def start_gunicorn(args, env, log_path, started):
+    """Start gunicorn (production settings) on a free loopback port; wait until it answers."""
+    port = free_port()
+    log = open(log_path, "wb")  # noqa: SIM115 - gunicorn's own log, read on failure
+    process = subprocess.Popen(
+        [BIN / "gunicorn", *args],
+        cwd=ROOT,
+        env={**env, "GUNICORN_BIND": f"127.0.0.1:{port}"},
+        stdout=subprocess.DEVNULL,  # the access log: written as in production, not kept
+        stderr=log,
+        start_new_session=True,
+    )
+    started.append(process)
+    process.base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"gunicorn {args} exited:\n{log_path.read_text()}")
+        try:
+            requests.get(process.base_url + "/", timeout=1)
+            return process
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise SystemExit(f"gunicorn {args} did not answer:\n{log_path.read_text()}")
+
+
+class Load:
+    """Runs wrk against servers and paths and parses what it prints.
+
+    Each cell is warmed up, then measured `repeats` times in rounds over all cells, keeping
+    its best run: other work on a shared machine only ever makes a run slower, and every
+    round measures the API and its floors within seconds of each other.
+    """
+
+    def __init__(self, wrk, script, options, database_url):
+        self.wrk, self.script, self.options = wrk, script, options
+        self.database_url = database_url
+
+    def best_of(self, plan, rows):
+        cells = []
+        for server, name, paths, kind in plan:
+            sizes, items = [], 0
+            for path in paths:  # each path must answer 200 before it is loaded
+                response = requests.get(server.base_url + path, timeout=10)
+                if response.status_code != 200:
+                    raise SystemExit(f"{path} answered {response.status_code}: {response.text}")
+                sizes.append(len(response.content))
+                items += len(response.json().get("items", [None]))
+            if self.options.warmup:
+                self._wrk(server, paths, self.options.warmup)
+            cells.append(
+                {
+                    "endpoint": name,
+                    "server": kind,
+                    "rows": rows,
+                    "bytes": round(statistics.mean(sizes)),
+                    "items": items,  # rows the paths return in all, e.g. 1,440 for a day
+                }
+            )
+        for _ in range(self.options.repeats):
+            for cell, (server, _name, paths, _kind) in zip(cells, plan, strict=True):
+                run = self._wrk(server, paths, self.options.duration)
+                cell["runs"] = [*cell.get("runs", []), run]
+        for cell in cells:
+            runs = ", ".join(f"{run['rps']:.0f}" for run in cell["runs"])
+            best = max(cell["runs"], key=lambda run: run["rps"])
+            cell.update({k: best[k] for k in ("rps", "p50_ms", "p99_ms")})
+            cell["requests"] = sum(run["requests"] for run in cell["runs"])
+            cell["errors"] = sum(run["errors"] for run in cell["runs"])
+            cell["cpu_us"] = statistics.median(run["cpu_us"] for run in cell["runs"])
+            print(
+                f"{cell['server']:>5} {cell['endpoint']:<12} {rows:>9} rows"
+                f"  {cell['rps']:>8.0f} req/s  p50 {cell['p50_ms']:.2f} ms"
+                f"  p99 {cell['p99_ms']:.2f} ms  errors {cell['errors']}  cpu {cell['cpu_us']} us"
+                f"  (runs: {runs})",
+                flush=True,
+            )
+        return cells
+
+    def _wrk(self, server, paths, seconds):
+        threads = min(self.options.threads, self.options.connections)
+        command = [
+            self.wrk,
+            f"-t{threads}",
+            f"-c{self.options.connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "5s",
+            "--latency",
+            "-s",
+            str(self.script),
+            server.base_url,
+            "--",
+            *paths,
+        ]
+        before = self._cpu_ticks(server)
+        output = subprocess.run(
+            command, check=True, capture_output=True, text=True, timeout=seconds + 30
+        ).stdout
+        after = self._cpu_ticks(server)
+        run = parse_wrk(output)
+        # CPU the server and PostgreSQL spent, per request: unlike req/s, other work on a
+        # shared machine barely moves it.
+        ticks = sum(used - before.get(pid, 0) for pid, used in after.items())
+        run["cpu_us"] = round(ticks / CLOCK_TICKS * 1e6 / max(run["requests"], 1))
+        return run
+
+    def _cpu_ticks(self, server):
+        """CPU ticks used so far by the server's workers and this database's backends."""
+        backends = sql(
+            self.database_url,
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        return cpu_ticks([*children(server.pid), *(pid for (pid,) in backends)])
+
+
+UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def parse_wrk(output):
+    """req/s, p50, p99 (ms), requests and errors (socket errors + non-2xx/3xx) from wrk's output."""
+
+    def latency(percent):
+        value, unit = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s|m)\s*$", output, re.M).groups()
+        return round(float(value) * UNITS_MS[unit], 3)
+
+    socket = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = sum(int(n) for n in socket.groups()) if socket else 0
+    errors += int(non_2xx[1]) if non_2xx else 0
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1]),
+        "p50_ms": latency(50),
+        "p99_ms": latency(99),
+        "requests": int(re.search(r"(\d+) requests in", output)[1]),
+        "errors": errors,
+    }
+
+
+def children(pid):
+    """PIDs of the direct children of `pid` (gunicorn's workers)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            if re.search(rf"^PPid:\s+{pid}$", status.read_text(), re.M):
+                found.append(int(status.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(pids):
+    """{pid: user + system CPU ticks} of the processes still running."""
+    used = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used[pid] = int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15
+    return used
+
+
+def vm_rss(pid):
+    """Resident memory of a process, in kB."""
+    return int(re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)[1])
+
+
+def fetch_cycle(database_url, options, env, runs=5):
+    """Time fetch_prices for two tickers against a fake Deribit answering in 100 ms.
+
+    Then run the same job in a real `flask worker` and read its resident memory.
+    """
+    fake = FakeDeribit(latency=0.1).start()
+    worker = None
+    try:
+        app = create_app(
+            {
+                "DATABASE_URL": database_url,
+                "REDIS_URL": options.redis_url,
+                "DERIBIT_BASE_URL": fake.base_url,
+                "TICKERS": TICKERS,
+                "LOG_LEVEL": "WARNING",
+            }
+        )
+        walls = []
+        with app.app_context():
+            for _ in range(runs):
+                started = time.monotonic()
+                summary = fetch_prices(skip_stored=False)
+                walls.append((time.monotonic() - started) * 1000)
+                if summary["failed"]:
+                    raise SystemExit(f"fetch failed: {summary['failed']}")
+        fetch = {
+            "cold_ms": round(walls[0], 1),
+            "warm_median_ms": round(statistics.median(walls[1:]), 1),
+            "max_concurrent_requests": fake.max_in_flight,
+            "latency_ms": 100,
+        }
+        print(f"fetch cycle: {fetch}", flush=True)
+
+        worker = subprocess.Popen(
+            [BIN / "flask", "worker"],
+            cwd=ROOT,
+            env={**env, "DERIBIT_BASE_URL": fake.base_url, "LOG_LEVEL": "WARNING"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        connection = Redis.from_url(options.redis_url, protocol=2)
+        jobs = [fetch_queue(connection).enqueue(fetch_prices) for _ in range(3)]
+        deadline = time.monotonic() + 60
+        while not all(job.is_finished for job in jobs):
+            if time.monotonic() > deadline or worker.poll() is not None:
+                raise SystemExit("the RQ worker did not finish its fetch jobs")
+            time.sleep(0.1)
+        connection.close()
+        return fetch, vm_rss(worker.pid)
+    finally:
+        if worker is not None:
+            stop_process_group(worker)
+        fake.stop()
+
+
+def machine():
+    """The machine and versions the numbers belong to."""
+    cpu = re.search(r"^model name\s+: (.*)$", Path("/proc/cpuinfo").read_text(), re.M)
+    memory = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+    postgres = sql(ADMIN_DATABASE_URL, "SHOW server_version")[0][0]
+    wrk_version = subprocess.run(
+        [shutil.which("wrk") or "wrk", "-v"], capture_output=True, text=True
+    )
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu[1] if cpu else "?",
+        "memory_gb": round(int(memory[1]) / 1024 / 1024, 1),
+        "python": sys.version.split()[0],
+        "postgresql": postgres,
+        "wrk": (wrk_version.stdout + wrk_version.stderr).split("\n")[0].strip(),
+    }
+
+
+def report(results):
+    """Print the table and, per target, whether it is met and by how much."""
+    cells = results["cells"]
+    const = {c["rows"]: c for c in cells if c["server"] == "floor"}
+    raw = {(c["endpoint"], c["rows"]): c for c in cells if c["server"] == "raw"}
+    api = [c for c in cells if c["server"] == "api"]
+    plans = {(p["endpoint"], p["rows"]): p["buffers"] for p in results["plans"]}
+    m = results["machine"]
+    print(f"\nmachine: {m['cpus']} x {m['cpu']}, {m['memory_gb']} GB; Python {m['python']},")
+    print(f"PostgreSQL {m['postgresql']}, {m['wrk']}")
+    header = (
+        f"{'endpoint':<12} {'rows':>9} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'bytes':>7}"
+        f" {'errors':>6} {'cpu us':>6} {'bufs':>4} | {'floor req/s':>11} {'errors':>6}"
+        f" {'cpu us':>6} {'/floor':>6} {'/const':>6}"
+    )
+    print(f"\n{header}\n{'-' * len(header)}")
+    for cell in sorted(const.values(), key=lambda c: c["rows"]):
+        print(
+            f"{'constant':<12} {cell['rows']:>9} {cell['rps']:>8.0f} {cell['p50_ms']:>7.2f}"
+            f" {cell['p99_ms']:>7.2f} {cell['bytes']:>7} {cell['errors']:>6}"
+            f" {cell['cpu_us']:>6.0f} {'':>4} |"
+        )
+    for cell in sorted(api, key=lambda c: (ENDPOINTS.index(c["endpoint"]), c["rows"])):
+        floor = raw[(cell["endpoint"], cell["rows"])]
+        cell["vs_raw"] = cell["rps"] / floor["rps"]
+        cell["vs_const"] = cell["rps"] / const[cell["rows"]]["rps"]
+        print(
+            f"{cell['endpoint']:<12} {cell['rows']:>9} {cell['rps']:>8.0f} {cell['p50_ms']:>7.2f}"
+            f" {cell['p99_ms']:>7.2f} {cell['bytes']:>7} {cell['errors']:>6}"
+            f" {cell['cpu_us']:>6.0f} {plans[(cell['endpoint'], cell['rows'])]:>4}"
+            f" | {floor['rps']:>11.0f} {floor['errors']:>6}"
+            f" {floor['cpu_us']:>6.0f} {cell['vs_raw']:>6.2f} {cell['vs_const']:>6.2f}"
+        )
+    fetch = results["fetch"]
+    print(
+        f"\nfetch cycle, 2 tickers, 100 ms Deribit latency: {fetch['warm_median_ms']} ms"
+        f" (first {fetch['cold_ms']} ms; {fetch['max_concurrent_requests']} requests in flight)"
+    )
+    print(
+        f"resident memory after the load: gunicorn worker {results['rss_web_worker_kb'] / 1024:.0f}"
+        f" MB, RQ worker {results['rss_rq_worker_kb'] / 1024:.0f} MB"
+    )
+    print("\ntargets:")
+    lines = targets(results, api)
+    for line in lines:
+        print(f"  {line}")
+    return lines
+
+
+def targets(results, api):
+    """One line per target: MET or MISSED, with the number."""
+    lines = []
+
+    def check(ok, text):
+        lines.append(f"{'MET   ' if ok else 'MISSED'} {text}")
+
+    for cell in (c for c in api if c["endpoint"] == "latest"):
+        check(
+            cell["vs_const"] >= 0.6,
+            f"latest at {cell['rows']} rows: {cell['vs_const']:.1%}"
+            " of the constant-JSON floor (>= 60%)",
+        )
+    sizes = sorted({c["rows"] for c in api})
+    by_key = {(c["endpoint"], c["rows"]): c for c in api}
+    if len(sizes) > 1:
+        for name in ENDPOINTS:
+            base = by_key[(name, sizes[0])]["rps"]
+            worst = min(by_key[(name, s)]["rps"] / base for s in sizes[1:])
+            check(
+                worst >= 0.9,
+                f"{name}: req/s at larger tables is {worst:.1%} of {sizes[0]} rows (>= 90%)",
+            )
+    for size in sizes:
+        ratio = by_key[("deep page", size)]["rps"] / by_key[("first page", size)]["rps"]
+        check(ratio >= 0.9, f"deep page at {size} rows: {ratio:.1%} of the first page (>= 90%)")
+        cell = by_key[("by-date day", size)]
+        check(
+            cell["vs_raw"] >= 0.5,
+            f"by-date day at {size} rows: {cell['vs_raw']:.1%} of the"
+            " psycopg2 + json.dumps floor (>= 50%)",
+        )
+    errors = sum(c["errors"] for c in results["cells"])
+    check(errors == 0, f"errors and non-2xx responses under load: {errors}")
+    spread = max(c["p99_ms"] / c["p50_ms"] for c in api)
+    check(spread < 10, f"worst p99/p50 of the API: {spread:.1f} (< 10)")
+    fetch = results["fetch"]["warm_median_ms"]
+    check(fetch < 200, f"fetch cycle for two tickers at 100 ms latency: {fetch} ms (< 200 ms)")
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())

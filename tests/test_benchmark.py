@@ -1,0 +1,92 @@
+"""Smoke test of `make bench`: the whole benchmark on a tiny table, so it cannot rot.
+
+It checks that the run completes and reports every endpoint with no errors, not how fast
+anything is: timings belong to the benchmark's report (docs/PERFORMANCE.md), not to tests.
+"""
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+
+from tests.benchmark import ENDPOINTS, parse_wrk
+from tests.conftest import ROOT, TEST_REDIS_URL
+
+WRK_OUTPUT = """Running 1s test @ http://127.0.0.1:8000
+  2 threads and 4 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.06ms  412.20us  12.31ms   91.02%
+    Req/Sec     1.91k   123.45     2.10k    70.00%
+  Latency Distribution
+     50%  980.00us
+     75%    1.10ms
+     90%    1.40ms
+     99%    2.50ms
+  3812 requests in 1.00s, 1.01MB read
+  Socket errors: connect 0, read 1, write 0, timeout 2
+  Non-2xx or 3xx responses: 4
+Requests/sec:   3805.12
+Transfer/sec:      1.01MB
+"""
+
+
+def test_wrk_output_is_parsed_with_units_and_every_kind_of_error():
+    assert parse_wrk(WRK_OUTPUT) == {
+        "rps": 3805.12,
+        "p50_ms": 0.98,
+        "p99_ms": 2.5,
+        "requests": 3812,
+        "errors": 7,
+    }
+
+
+def test_bench_runs_end_to_end_on_a_tiny_table(redis_conn, tmp_path):
+    database = f"tracker_bench_smoke_{os.getpid()}_{secrets.token_hex(3)}"
+    report = tmp_path / "bench.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.benchmark",
+            "--sizes=10000",
+            "--duration=1",
+            "--warmup=0",
+            "--repeats=1",
+            f"--database={database}",
+            "--drop",
+            f"--redis-url={TEST_REDIS_URL}",
+            f"--json={report}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(report.read_text())
+
+    api = {c["endpoint"]: c for c in results["cells"] if c["server"] == "api"}
+    raw = {c["endpoint"]: c for c in results["cells"] if c["server"] == "raw"}
+    assert set(api) == set(raw) == set(ENDPOINTS)
+    for cell in results["cells"]:
+        assert cell["rows"] == 10000 or cell["server"] == "floor"
+        assert cell["requests"] > 0 and cell["rps"] > 0, cell
+        assert cell["errors"] == 0, cell
+        assert 0 < cell["p50_ms"] <= cell["p99_ms"], cell
+    # The same rows from the API and its floor: a page of 100, a whole day over two pages.
+    for cells in (api, raw):
+        assert cells["latest"]["items"] == cells["at middle"]["items"] == 1
+        assert cells["first page"]["items"] == cells["deep page"]["items"] == 100
+        assert cells["by-date day"]["items"] == 1440
+    # Every endpoint's SQL is an index range scan: its cost cannot grow with the table.
+    assert {p["endpoint"] for p in results["plans"]} == set(ENDPOINTS)
+    for plan in results["plans"]:
+        assert plan["scans"] and "Seq Scan" not in plan["scans"], plan
+    assert results["fetch"]["max_concurrent_requests"] == 2
+    assert results["rss_web_worker_kb"] > 0 and results["rss_rq_worker_kb"] > 0
+    assert any(t.startswith(("MET", "MISSED")) for t in results["targets"])
+    table = done.stdout
+    for name in ENDPOINTS:
+        assert f"\n{name:<12} " in table
+    assert "fetch cycle, 2 tickers, 100 ms Deribit latency" in table
