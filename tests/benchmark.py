@@ -132,21 +132,10 @@ def find_wrk():
     return wrk
 
 
-def _admin():
-    connection = pg_connect(ADMIN_DATABASE_URL)
-    connection.autocommit = True
-    return connection
-
-
 def create_database(name):
     """Drop and re-create the bench's own database, migrated; returns its URL."""
     drop_database(name)
-    admin = _admin()
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        admin.close()
+    sql(ADMIN_DATABASE_URL, f'CREATE DATABASE "{name}"')
     url = make_url(ADMIN_DATABASE_URL).set(database=name).render_as_string(hide_password=False)
     subprocess.run(
         [BIN / "flask", "db", "upgrade"],
@@ -159,12 +148,7 @@ def create_database(name):
 
 
 def drop_database(name):
-    admin = _admin()
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.close()
+    sql(ADMIN_DATABASE_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def sql(database_url, statement):

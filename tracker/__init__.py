@@ -1,7 +1,6 @@
 """The Deribit price tracker: create_app() wires config, extensions, API, errors and CLI."""
 
 import os
-from http import HTTPStatus
 from pathlib import Path
 
 import flask_swagger_ui
@@ -18,6 +17,7 @@ from tracker.config import ConfigError, load_config
 # Aliased: importing the tracker.api module below would shadow a plain `api` name here.
 from tracker.extensions import ExactJSONProvider, cors, db, migrate
 from tracker.extensions import api as rest_api
+from tracker.schemas import error_body
 
 __all__ = ["ConfigError", "create_app"]
 
@@ -100,9 +100,8 @@ def _swagger_ui_asset(filename):
 
 
 def error_response(status, message):
-    """A JSON error in flask-smorest's shape: {"code", "status", "message"}."""
-    body = {"code": status, "status": HTTPStatus(status).phrase, "message": message}
-    return jsonify(body), status
+    """A JSON error response in flask-smorest's shape."""
+    return jsonify(error_body(status, message)), status
 
 
 def _register_error_handlers(app):

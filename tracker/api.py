@@ -1,7 +1,6 @@
 """The REST API: thin flask-smorest views over the shared price queries."""
 
 from datetime import UTC, datetime
-from http import HTTPStatus
 
 from flask import current_app, request, url_for
 from flask.views import MethodView
@@ -18,6 +17,7 @@ from tracker.schemas import (
     PriceSchema,
     TickerArgsSchema,
     encode_cursor,
+    error_body,
 )
 
 blp = Blueprint(
@@ -41,10 +41,6 @@ LINK_HEADER = {
 }
 
 
-def _error_example(status, message):
-    return {"code": status, "status": HTTPStatus(status).phrase, "message": message}
-
-
 def query_args(schema):
     """Parse query arguments strictly: an unknown parameter is an error, not silently ignored."""
     # An instance, not the class: webargs would build a new schema on every request.
@@ -57,7 +53,7 @@ def documented_errors(view):
         503,
         schema=ErrorSchema,
         description="The database is unreachable; retry later.",
-        example=_error_example(503, "Database unavailable, retry later."),
+        example=error_body(503, "Database unavailable, retry later."),
     )(view)
 
 
@@ -131,7 +127,7 @@ class LatestPrice(MethodView):
         404,
         schema=ErrorSchema,
         description="No price of this ticker is stored yet.",
-        example=_error_example(404, "No price stored for btc_usd yet."),
+        example=error_body(404, "No price stored for btc_usd yet."),
     )
     @documented_errors
     def get(self, args):
@@ -168,7 +164,7 @@ class PriceAt(MethodView):
         404,
         schema=ErrorSchema,
         description="No price of this ticker is stored at or before that moment.",
-        example=_error_example(404, "No price stored for btc_usd at or before 1763928000."),
+        example=error_body(404, "No price stored for btc_usd at or before 1763928000."),
     )
     @documented_errors
     def get(self, args):

@@ -16,30 +16,21 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 class DeribitError(Exception):
     """No usable price could be had from Deribit. `reason` is a short machine-readable tag."""
 
-    reason = "error"
-
-    def __init__(self, message, reason=None):
+    def __init__(self, message, reason):
         super().__init__(message)
-        if reason:
-            self.reason = reason
+        self.reason = reason
 
 
 class DeribitUnavailable(DeribitError):
     """Deribit could not be reached or kept failing in a retryable way."""
 
-    reason = "unavailable"
-
 
 class DeribitRejected(DeribitError):
     """Deribit answered with an error that another try would not fix (e.g. unknown index)."""
 
-    reason = "rejected"
-
 
 class InvalidPrice(DeribitError):
     """The answer held no usable price: malformed, missing, non-numeric, <= 0 or not finite."""
-
-    reason = "invalid_price"
 
 
 class DeribitClient:

@@ -171,7 +171,18 @@ def newest_timestamps():
 
 
 def _redis():
-    return redis_connection(socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT)
+    """The app's Redis client for probes, scrapes and fetch counts, with short timeouts.
+
+    Created once per process and kept: its pool reuses the connection instead of opening a
+    new one for every probe, scrape and fetch cycle (and reconnects after an outage).
+    """
+    connection = current_app.extensions.get("ops_redis")
+    if connection is None:
+        connection = redis_connection(
+            socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT
+        )
+        current_app.extensions["ops_redis"] = connection
+    return connection
 
 
 def record_fetches(stored, duplicate, failures):
@@ -183,11 +194,10 @@ def record_fetches(stored, duplicate, failures):
     fields = [f"stored|{t}|" for t in stored] + [f"duplicate|{t}|" for t in duplicate]
     fields += [f"failed|{t}|{reason}" for t, reason in failures.items()]
     try:
-        with _redis() as connection:
-            pipeline = connection.pipeline(transaction=False)
-            for field in fields:
-                pipeline.hincrby(FETCHES_KEY, field, 1)
-            pipeline.execute()
+        pipeline = _redis().pipeline(transaction=False)
+        for field in fields:
+            pipeline.hincrby(FETCHES_KEY, field, 1)
+        pipeline.execute()
     except RedisError as exc:
         # The prices are stored; only their counts are lost, which must not fail the job.
         log.warning("fetch counts not recorded, Redis unavailable: %s", exc)
@@ -195,8 +205,7 @@ def record_fetches(stored, duplicate, failures):
 
 def fetch_counts():
     """{(outcome, ticker, reason): count} of every fetch since the counts began."""
-    with _redis() as connection:
-        raw = connection.hgetall(FETCHES_KEY)
+    raw = _redis().hgetall(FETCHES_KEY)
     return {tuple(field.decode().split("|", 2)): int(count) for field, count in raw.items()}
 
 
@@ -238,8 +247,7 @@ def readiness_checks():
         db.session.rollback()
         checks["database"] = {"ok": False, "error": _first_line(exc)}
     try:
-        with _redis() as connection:
-            connection.ping()
+        _redis().ping()
         checks["redis"] = {"ok": True}
     except RedisError as exc:
         checks["redis"] = {"ok": False, "error": _first_line(exc)}

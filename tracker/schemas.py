@@ -5,6 +5,7 @@ import binascii
 import math
 import re
 from datetime import UTC, date, datetime
+from http import HTTPStatus
 
 from flask import current_app
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
@@ -16,6 +17,11 @@ TIME_HELP = "UNIX seconds (1763928000) or ISO 8601 (2026-11-23, 2026-11-23T20:00
 CURSOR_RE = re.compile(r"([a-z0-9]+_[a-z0-9]+):(\d{1,12})")
 # "...T01:00:00 01:00": a "+01:00" offset whose "+" an unencoded query string turned into a space.
 SPACED_OFFSET_RE = re.compile(r"(\d{4}-\d\d-\d\d[T ]\d\d:\d\d(?::\d\d(?:\.\d+)?)?) (\d\d:\d\d)")
+
+
+def error_body(status, message):
+    """A JSON error in flask-smorest's shape (ErrorSchema): {"code", "status", "message"}."""
+    return {"code": status, "status": HTTPStatus(status).phrase, "message": message}
 
 
 class TickerField(fields.String):
