@@ -71,17 +71,20 @@ def up(port, demo):
         click.echo(f"embedded Redis at {env['REDIS_URL']} (set REDIS_URL to use a real one)")
 
     upgrade()
-    # SIGTERM (from a supervisor) takes the same clean path as Ctrl-C.
+    # Ctrl-C and SIGTERM (from a supervisor) take the same clean path, even when started from
+    # a shell that runs background jobs with SIGINT ignored (children inherit that).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     processes = {}
     try:
         for name, argv in commands.items():
             processes[name] = subprocess.Popen(argv, env=env)
+        while not _answers(port):  # print the address once it works
+            _check(processes)
+            time.sleep(0.2)
         click.echo(f"Swagger UI: http://127.0.0.1:{port}/docs  (Ctrl-C stops everything)", err=True)
         while True:
-            for name, process in processes.items():
-                if process.poll() is not None:
-                    raise click.ClickException(f"{name} exited with code {process.returncode}")
+            _check(processes)
             time.sleep(0.5)
     except KeyboardInterrupt:
         click.echo("stopping web, worker and scheduler ...", err=True)
@@ -89,6 +92,20 @@ def up(port, demo):
         _stop(processes.values())
         if embedded is not None:
             embedded.shutdown()
+
+
+def _answers(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def _check(processes):
+    for name, process in processes.items():
+        if process.poll() is not None:
+            raise click.ClickException(f"{name} exited with code {process.returncode}")
 
 
 def _stop(processes, timeout=10):
