@@ -1,13 +1,17 @@
-"""A fake Deribit on a real loopback socket: speaks get_index_price, scriptable by tests.
+"""A fake Deribit on a real loopback socket: get_index_price and get_index_chart_data.
 
-Tests queue replies per index name (a price given as raw JSON text, a Deribit error, a
-malformed or slow answer); with nothing queued it answers the current price. Runnable on
-its own for demos: `python -m tests.fake_deribit --port 8001 --random-walk`.
+Tests queue replies per method and index name (a price given as raw JSON text, a Deribit
+error, a malformed or slow answer); with nothing queued it answers from its price history:
+a constant price per index, or with `random_walk` a price that moves every second as a fixed
+function of time, so the chart data of any past moment is the price it served live then.
+`outage = True` makes every answer an HTTP 503. Runnable on its own for demos:
+`python -m tests.fake_deribit --port 8001 --random-walk`.
 """
 
 import argparse
+import hashlib
 import json
-import random
+import math
 import threading
 import time
 from collections import defaultdict, deque
@@ -16,7 +20,14 @@ from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-PATH = "/api/v2/public/get_index_price"
+PRICE_PATH = "/api/v2/public/get_index_price"
+CHART_PATH = "/api/v2/public/get_index_chart_data"
+# How far back each chart range reaches, and the default spacing of its points (Deribit does
+# not document the spacing; its own example of "1m" is hourly).
+CHART_SPANS = {"1h": 3600, "1d": 86400, "2d": 172800, "1m": 31 * 86400, "1y": 366 * 86400}
+CHART_SPACING = {"1h": 60, "1d": 60, "2d": 60, "1m": 3600, "1y": 86400, "all": 86400}
+# "all" starts this long before now.
+ALL_HISTORY_SECONDS = 3 * 366 * 86400
 
 
 @dataclass
@@ -48,6 +59,26 @@ def error_reply(code, message, status=400, delay=0.0):
     return Reply(status, _envelope(f'"error":{error}'), delay)
 
 
+def chart_reply(points):
+    """A get_index_chart_data answer: `points` as (milliseconds, raw JSON price text) pairs."""
+    result = ",".join(f"[{ms},{raw}]" for ms, raw in points)
+    return Reply(200, _envelope(f'"result":[{result}]'))
+
+
+def moving_price(index_name, second, base="100"):
+    """The demo's price of `index_name` at a UNIX second: a fixed function of time.
+
+    A slow daily wave, an hourly one and a little per-second noise around `base`, written
+    as Deribit's float serialiser would (86899.9, not 86899.90).
+    """
+    digest = hashlib.sha256(f"{index_name}:{second}".encode()).digest()
+    noise = int.from_bytes(digest[:4], "big") / 2**32 - 0.5
+    factor = 1 + 0.01 * math.sin(second * 2 * math.pi / 86400)
+    factor += 0.002 * math.sin(second * 2 * math.pi / 3600) + 0.0004 * noise
+    price = (Decimal(base) * Decimal(repr(factor))).quantize(Decimal("0.01"))
+    return format(price.normalize(), "f")
+
+
 def missing_price_reply():
     """A well-formed answer whose result lacks index_price."""
     return Reply(200, _envelope('"result":{"estimated_delivery_price":1}'))
@@ -65,8 +96,7 @@ class FakeDeribit:
 
     def __init__(self, host="127.0.0.1", port=0, prices=None, latency=0.0, random_walk=False):
         self._lock = threading.Lock()
-        self.reset(prices, latency)
-        self.random_walk = random_walk
+        self.reset(prices, latency, random_walk=random_walk)
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
         self._server.block_on_close = False
@@ -77,21 +107,50 @@ class FakeDeribit:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}/api/v2"
 
-    def reset(self, prices=None, latency=0.0):
-        """Back to the given (or default) prices, no scripted replies, no recorded requests."""
+    def reset(self, prices=None, latency=0.0, random_walk=False, chart_spacing=None):
+        """Back to the given (or default) prices, no scripted replies, no recorded requests.
+
+        `chart_spacing`: seconds between chart points, for every range (default per range).
+        """
         with self._lock:
             self.prices = dict(prices or self.DEFAULT_PRICES)  # index name -> raw JSON number
             self.latency = latency
-            self.requests = []  # (index_name, time.time()) of every request received
+            self.random_walk = random_walk
+            self.chart_spacing = chart_spacing
+            self.outage = False
+            self.requests = []  # (index_name, time.time()) of every get_index_price
+            self.chart_requests = []  # (index_name, range, time.time()) of every chart request
             self.client_ports = set()  # one per TCP connection a client opened
             self.in_flight = 0
             self.max_in_flight = 0  # most requests being answered at the same time
             self._scripts = defaultdict(deque)
 
+    def price_at(self, index_name, second):
+        """The raw price of `index_name` at a UNIX second: what live and chart answers say."""
+        if self.random_walk:
+            return moving_price(index_name, int(second), self.prices.get(index_name, "100"))
+        return self.prices[index_name]
+
+    def chart_points(self, index_name, chart_range, now):
+        """The (milliseconds, raw price) points get_index_chart_data answers for `range`."""
+        spacing = self.chart_spacing or CHART_SPACING[chart_range]
+        span = CHART_SPANS.get(chart_range, ALL_HISTORY_SECONDS)
+        last = int(now) // spacing * spacing
+        first = last - span // spacing * spacing
+        return [
+            (second * 1000, self.price_at(index_name, second))
+            for second in range(first, last + 1, spacing)
+        ]
+
     def script(self, index_name, *replies):
-        """Queue replies for `index_name`, answered in order before the current price."""
+        """Queue get_index_price replies for `index_name`, answered before the history."""
         with self._lock:
             self._scripts[index_name].extend(replies)
+
+    def script_chart(self, index_name, *replies):
+        """Queue get_index_chart_data replies for `index_name`, answered before the history."""
+        with self._lock:
+            self._scripts["chart", index_name].extend(replies)
 
     def requests_for(self, index_name):
         with self._lock:
@@ -107,19 +166,28 @@ class FakeDeribit:
         self._server.server_close()
         self._thread.join(timeout=5)
 
-    def _next_reply(self, index_name):
+    def _next_reply(self, path, query):
+        index_name = query.get("index_name", [""])[0]
+        now = time.time()
         with self._lock:
-            self.requests.append((index_name, time.time()))
-            if self._scripts[index_name]:
-                return self._scripts[index_name].popleft()
+            if path == PRICE_PATH:
+                self.requests.append((index_name, now))
+                script = self._scripts[index_name]
+            else:
+                chart_range = query.get("range", [""])[0]
+                self.chart_requests.append((index_name, chart_range, now))
+                script = self._scripts["chart", index_name]
+            if script:
+                return script.popleft()
+            if self.outage:
+                return error_reply(13028, "temporarily_unavailable", status=503)
             if index_name not in self.prices:
                 return error_reply(-32602, "Invalid params")
-            if self.random_walk:
-                step = Decimal(str(round(random.gauss(0, 0.0005), 6)))
-                walked = Decimal(self.prices[index_name]) * (1 + step)
-                # Written as Deribit's float serialiser would: 86899.9, not 86899.90.
-                self.prices[index_name] = format(walked.quantize(Decimal("0.01")).normalize(), "f")
-            return price_reply(self.prices[index_name])
+            if path == PRICE_PATH:
+                return price_reply(self.price_at(index_name, now))
+            if chart_range not in CHART_SPACING:
+                return error_reply(-32602, "Invalid params")
+            return chart_reply(self.chart_points(index_name, chart_range, now))
 
     def _handler_class(self):
         fake = self
@@ -132,11 +200,10 @@ class FakeDeribit:
 
             def do_GET(self):  # noqa: N802 - the name http.server dispatches to
                 url = urlsplit(self.path)
-                if url.path != PATH:
+                if url.path not in (PRICE_PATH, CHART_PATH):
                     self._send(Reply(404, _envelope('"error":{"code":-32601,"message":"no"}')))
                     return
-                index_name = parse_qs(url.query).get("index_name", [""])[0]
-                reply = fake._next_reply(index_name)
+                reply = fake._next_reply(url.path, parse_qs(url.query))
                 with fake._lock:
                     fake.client_ports.add(self.client_address[1])
                     fake.in_flight += 1
@@ -170,7 +237,11 @@ def main():
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each answer")
-    parser.add_argument("--random-walk", action="store_true", help="move prices on every request")
+    parser.add_argument(
+        "--random-walk",
+        action="store_true",
+        help="prices move every second (a fixed function of time)",
+    )
     args = parser.parse_args()
     fake = FakeDeribit(args.host, args.port, latency=args.latency, random_walk=args.random_walk)
     print(f"fake Deribit at {fake.base_url} (Ctrl-C to stop)", flush=True)

@@ -14,9 +14,10 @@ from tracker.schemas import PricePageSchema, PriceSchema, encode_cursor
 DAY = int(datetime(2026, 11, 23, tzinfo=UTC).timestamp())  # 2026-11-23T00:00:00Z
 
 
-def seed(app, ticker, timestamps, price=lambda i: Decimal(80000) + Decimal(i) / 100):
+def seed(app, ticker, timestamps, price=lambda i: Decimal(80000) + Decimal(i) / 100, source="live"):
     rows = [
-        {"ticker": ticker, "price": price(i), "timestamp": ts} for i, ts in enumerate(timestamps)
+        {"ticker": ticker, "price": price(i), "timestamp": ts, "source": source}
+        for i, ts in enumerate(timestamps)
     ]
     with app.app_context():
         insert_prices(rows)
@@ -70,7 +71,12 @@ def test_latest_is_the_newest_row_of_that_ticker(app, client):
     seed(app, "eth_usd", [DAY + 180], price=lambda i: Decimal("2950.12"))
     response = client.get("/api/v1/prices/latest?ticker=BTC_USD")
     assert response.status_code == 200
-    assert response.json == {"ticker": "btc_usd", "price": 80000.02, "timestamp": DAY + 120}
+    assert response.json == {
+        "ticker": "btc_usd",
+        "price": 80000.02,
+        "timestamp": DAY + 120,
+        "source": "live",
+    }
     assert PriceSchema().validate(response.json) == {}
 
 
@@ -315,11 +321,15 @@ def test_openapi_documents_every_endpoint_parameter_and_error(client):
     spec = client.get("/openapi.json").json
     # The operations endpoints (/healthz, ...) are checked in test_observability.py.
     api_paths = {path: item for path, item in spec["paths"].items() if path.startswith("/api/")}
+    tickers = api_paths.pop("/api/v1/tickers")["get"]  # the one endpoint without `ticker`
+    assert "parameters" not in tickers and {"200", "503"} <= set(tickers["responses"])
+    assert tickers["responses"]["200"]["content"]["application/json"]["example"]["tickers"]
     assert set(api_paths) == {
         "/api/v1/prices",
         "/api/v1/prices/latest",
         "/api/v1/prices/by-date",
         "/api/v1/prices/at",
+        "/api/v1/prices/gaps",
     }
     for path, item in api_paths.items():
         operation = item["get"]
@@ -331,7 +341,9 @@ def test_openapi_documents_every_endpoint_parameter_and_error(client):
         ok = operation["responses"]["200"]["content"]["application/json"]
         assert ok["example"]["ticker"] == "btc_usd", path
     prices = spec["paths"]["/api/v1/prices"]["get"]
-    assert {"ticker", "limit", "cursor", "from", "to"} == {p["name"] for p in prices["parameters"]}
+    assert {"ticker", "limit", "cursor", "from", "to", "source"} == {
+        p["name"] for p in prices["parameters"]
+    }
     assert "Link" in prices["responses"]["200"]["headers"]
     assert "404" in spec["paths"]["/api/v1/prices/latest"]["get"]["responses"]
 

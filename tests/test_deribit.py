@@ -7,12 +7,19 @@ import pytest
 
 from tests.fake_deribit import (
     Reply,
+    chart_reply,
     error_reply,
     malformed_reply,
     missing_price_reply,
     price_reply,
 )
-from tracker.deribit import DeribitClient, DeribitRejected, DeribitUnavailable, InvalidPrice
+from tracker.deribit import (
+    DeribitClient,
+    DeribitRejected,
+    DeribitUnavailable,
+    InvalidPrice,
+    chart_range_for,
+)
 
 
 @pytest.fixture
@@ -89,6 +96,87 @@ def test_retryable_failures_are_retried_then_succeed(client, deribit, failure):
     deribit.script("btc_usd", failure, failure, price_reply("86955.73"))
     assert client.index_price("btc_usd") == Decimal("86955.73")
     assert len(deribit.requests_for("btc_usd")) == 3
+
+
+def test_a_5xx_is_retried_even_when_its_deribit_code_is_not_retryable(client, deribit):
+    # The server itself is failing; what it says about the request is no verdict on it.
+    failure = error_reply(-32602, "Invalid params", status=502)
+    deribit.script("btc_usd", failure, price_reply("86955.73"))
+    assert client.index_price("btc_usd") == Decimal("86955.73")
+    assert len(deribit.requests_for("btc_usd")) == 2
+
+
+def test_attempts_back_off_exponentially(deribit):
+    client = DeribitClient(deribit.base_url, timeout=0.5, attempts=3, backoff=0.2)
+    failure = error_reply(10028, "too_many_requests", status=429)
+    deribit.script("btc_usd", failure, failure, price_reply("86955.73"))
+    assert client.index_price("btc_usd") == Decimal("86955.73")
+    first, second, third = deribit.requests_for("btc_usd")
+    assert second - first >= 0.2  # backoff
+    assert third - second >= 0.4  # twice the backoff
+    client.session.close()
+
+
+def test_chart_retries_like_the_live_price(client, deribit):
+    deribit.script_chart("btc_usd", error_reply(13028, "temporarily_unavailable", status=503))
+    points, rejected = client.index_chart("btc_usd", "1h")
+    assert points and rejected == []
+    assert [name for name, _, _ in deribit.chart_requests] == ["btc_usd", "btc_usd"]
+
+
+def test_chart_points_keep_their_exact_digits_in_time_order(client, deribit):
+    deribit.script_chart(
+        "btc_usd",
+        chart_reply([(1763928000000, "86955.73"), (1763927940000, "123456789012.123456789")]),
+    )
+    points, rejected = client.index_chart("btc_usd", "1h")
+    assert points == [
+        (1763927940000, Decimal("123456789012.123456789")),
+        (1763928000000, Decimal("86955.73")),
+    ]
+    assert str(points[0][1]) == "123456789012.123456789" and rejected == []
+
+
+def test_garbage_chart_points_are_rejected_one_by_one_with_a_reason(client, deribit):
+    deribit.script_chart(
+        "btc_usd",
+        Reply(
+            200,
+            '{"jsonrpc":"2.0","result":[[1763927880000,86950.1],[1763927940000,"86955.73"],'
+            "[1763928000000,0],[1763928060000,NaN],[1763928120000],[true,5],[1.5e12,5],"
+            "[-1,5],[1763928180000,null],{},[1763928240000,86960.5]]}",
+        ),
+    )
+    points, rejected = client.index_chart("btc_usd", "1h")
+    assert points == [(1763927880000, Decimal("86950.1")), (1763928240000, Decimal("86960.5"))]
+    assert [position for position, _ in rejected] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert [why.split(":")[0] for _, why in rejected] == [
+        "non_numeric",
+        "non_positive",
+        "not_finite",
+        "malformed_point",
+        "bad_time",
+        "bad_time",
+        "bad_time",
+        "missing_price",
+        "malformed_point",
+    ]
+
+
+def test_chart_data_that_is_not_a_list_is_rejected(client, deribit):
+    deribit.script_chart("btc_usd", Reply(200, '{"jsonrpc":"2.0","result":{"a":1}}'))
+    with pytest.raises(InvalidPrice) as info:
+        client.index_chart("btc_usd", "1h")
+    assert info.value.reason == "malformed_chart"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "name"),
+    [(60, "1h"), (3600, "1h"), (3601, "1d"), (86401, "2d"), (172801, "1m"), (40 * 86400, "1y")],
+)
+def test_the_smallest_chart_range_that_covers_the_gap_is_asked_for(seconds, name):
+    assert chart_range_for(seconds) == name
+    assert chart_range_for(400 * 86400) == "all"
 
 
 def test_retries_are_bounded(client, deribit):

@@ -1,4 +1,4 @@
-"""Flask CLI commands: fetch once, worker, scheduler, run it all (up), seed history."""
+"""Flask CLI commands: fetch once, backfill, worker, scheduler, run it all (up), seed history."""
 
 import io
 import os
@@ -9,16 +9,18 @@ import time
 import click
 from flask import current_app
 from flask.cli import with_appcontext
+from marshmallow import ValidationError
 from rq import SimpleWorker
 
 from tracker.extensions import db, fetch_queue, rq_connection
-from tracker.jobs import fetch_prices, iso
+from tracker.jobs import backfill_prices, fetch_prices, iso
 from tracker.local import up
 from tracker.schedule import make_scheduler, periodic_jobs, reconcile
+from tracker.schemas import TimeField
 
 
 def register_commands(app):
-    for command in (fetch, worker, scheduler, up, seed):
+    for command in (fetch, backfill, worker, scheduler, up, seed):
         app.cli.add_command(command)
 
 
@@ -38,6 +40,50 @@ def fetch():
         click.echo(f"{when}  {ticker:<12} {price:>16}  {outcome}")
     if summary["failed"]:
         sys.exit(1)
+
+
+class TimeParam(click.ParamType):
+    """A moment as the API takes it: UNIX seconds or ISO 8601 (UTC unless it says otherwise)."""
+
+    name = "TIME"
+
+    def convert(self, value, param, ctx):
+        try:
+            return TimeField().deserialize(value)
+        except ValidationError as exc:
+            self.fail(" ".join(exc.messages), param, ctx)
+
+
+@click.command()
+@click.option("--ticker", "tickers", multiple=True, help="Only this ticker (repeatable).")
+@click.option("--since", type=TimeParam(), help="From this time; default: BACKFILL_WINDOW back.")
+@click.option("--until", type=TimeParam(), help="Up to this time; default: now.")
+@with_appcontext
+def backfill(tickers, since, until):
+    """Fill missing slots from Deribit's chart data and print what is still missing, and why.
+
+    Without --since it looks back BACKFILL_WINDOW seconds, but not before a ticker's first
+    stored price; with --since it also fills the time before that.
+    """
+    tracked = current_app.config["TICKERS"]
+    unknown = [t for t in tickers if t.lower() not in tracked]
+    if unknown:
+        raise click.BadParameter(f"not tracked: {', '.join(unknown)}", param_hint="--ticker")
+    if since is not None and until is not None and since > until:
+        raise click.BadParameter("--since is after --until", param_hint="--since")
+    reports = backfill_prices([t.lower() for t in tickers] or None, since, until)
+    for ticker, report in reports.items():
+        line = f"{ticker:<12} missing {report['missing']}, filled {report['filled']}"
+        line += f", still missing {report['still_missing']}"
+        if report["range"]:
+            spacing = report["spacing_s"]
+            line += f"  (chart range {report['range']}: {report['points']} points"
+            line += f", every {spacing:g}s)" if spacing is not None else ")"
+        click.echo(line + (f"  {report['note']}" if "note" in report else ""))
+        for why, count in report["why"].items():
+            click.echo(f"{'':<12} {count} still missing: {why}")
+        for rejected in report["rejected"]:
+            click.echo(f"{'':<12} rejected {rejected}")
 
 
 class AppContextWorker(SimpleWorker):

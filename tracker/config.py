@@ -16,6 +16,9 @@ DEFAULTS = {
     "DERIBIT_TIMEOUT": "5",
     "TICKERS": "btc_usd,eth_usd",
     "FETCH_INTERVAL": "60",
+    # The backfill: how often it looks for holes, and how far back (48 hours).
+    "BACKFILL_INTERVAL": "300",
+    "BACKFILL_WINDOW": "172800",
     "LOG_LEVEL": "INFO",
     "LOG_FORMAT": "text",
     # Read by prometheus_client itself too; unset means metrics of this process only.
@@ -47,6 +50,7 @@ def load_config(environ, overrides=None, instance_path="instance"):
     raw = {key: environ.get(key, default) for key, default in DEFAULTS.items()}
     raw.update(overrides or {})
     interval = _positive_int("FETCH_INTERVAL", raw["FETCH_INTERVAL"])
+    backfill_interval = _positive_int("BACKFILL_INTERVAL", raw["BACKFILL_INTERVAL"])
     database_url = database_uri(raw["DATABASE_URL"] or f"sqlite:///{instance_path}/tracker.db")
     engine_options = _engine_options(
         database_url, _positive_int("DB_STATEMENT_TIMEOUT_MS", raw["DB_STATEMENT_TIMEOUT_MS"])
@@ -55,6 +59,9 @@ def load_config(environ, overrides=None, instance_path="instance"):
         "TICKERS": _tickers(raw["TICKERS"]),
         "FETCH_INTERVAL": interval,
         "FETCH_CRON": cron_for_interval(interval),
+        "BACKFILL_INTERVAL": backfill_interval,
+        "BACKFILL_CRON": cron_for_interval(backfill_interval, "BACKFILL_INTERVAL"),
+        "BACKFILL_WINDOW": _positive_int("BACKFILL_WINDOW", raw["BACKFILL_WINDOW"]),
         "REDIS_URL": _redis_url(raw["REDIS_URL"]),
         "DERIBIT_BASE_URL": _http_url("DERIBIT_BASE_URL", raw["DERIBIT_BASE_URL"]),
         "DERIBIT_TIMEOUT": _positive_float("DERIBIT_TIMEOUT", raw["DERIBIT_TIMEOUT"]),
@@ -103,7 +110,7 @@ def database_uri(url):
     )
 
 
-def cron_for_interval(seconds):
+def cron_for_interval(seconds, name="FETCH_INTERVAL"):
     """The cron string that fires every `seconds`, aligned to the clock (60 s: on the minute).
 
     rq-scheduler's `interval=` jobs reschedule from "now" and drift; a cron string does not.
@@ -116,7 +123,7 @@ def cron_for_interval(seconds):
     if rest == 0 and 60 % minutes == 0:
         return "0 * * * *" if minutes == 60 else f"*/{minutes} * * * *"
     raise ConfigError(
-        f"FETCH_INTERVAL must divide a minute (1-30 s) or an hour (1-60 min) evenly, got {seconds}"
+        f"{name} must divide a minute (1-30 s) or an hour (1-60 min) evenly, got {seconds}"
     )
 
 

@@ -1,4 +1,8 @@
-"""The Deribit client: one session, timeouts, bounded retries, strict parsing, own errors."""
+"""The Deribit client: one session, timeouts, bounded retries, strict parsing, own errors.
+
+It speaks two methods: get_index_price (the live price) and get_index_chart_data (the
+recent history the backfill fills holes from). Both share the same retry rules.
+"""
 
 import json
 import time
@@ -11,6 +15,18 @@ from requests.adapters import HTTPAdapter
 # Deribit error codes worth another try: rate limits, overload, maintenance, timeouts.
 RETRYABLE_CODES = frozenset({10028, 10040, 10041, 10047, 10066, 11051, 11094, 13028, 13888})
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+# get_index_chart_data's `range` values and the span each covers, smallest first ("1m" is a
+# month; 31 days covers every month). It has no start/end parameter.
+CHART_RANGES = (
+    ("1h", 3600),
+    ("1d", 86400),
+    ("2d", 2 * 86400),
+    ("1m", 31 * 86400),
+    ("1y", 366 * 86400),
+    ("all", None),
+)
+# Chart points carry milliseconds; anything past 9999-12-31 is garbage, not a time.
+MAX_MILLISECONDS = 253402300799999
 
 
 class DeribitError(Exception):
@@ -37,7 +53,7 @@ class DeribitClient:
     """Fetches index prices from Deribit's public JSON-RPC-over-HTTP API."""
 
     def __init__(self, base_url, timeout=5.0, attempts=3, backoff=0.25, pool_size=10):
-        self.url = base_url.rstrip("/") + "/public/get_index_price"
+        self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.attempts = attempts
         self.backoff = backoff
@@ -67,11 +83,25 @@ class DeribitClient:
 
     def index_price(self, index_name, deadline=None):
         """The current index price of `index_name`, retried until `deadline` (time.monotonic())."""
+        params = {"index_name": index_name}
+        return self._call("get_index_price", params, parse_index_price, deadline)
+
+    def index_chart(self, index_name, chart_range, deadline=None):
+        """get_index_chart_data: ([(milliseconds, Decimal)] in time order, [rejected points]).
+
+        Each point is validated on its own, like a live price; a garbage point is left out and
+        listed in the second item as (its position, reason), never stored.
+        """
+        params = {"index_name": index_name, "range": chart_range}
+        return self._call("get_index_chart_data", params, parse_index_chart, deadline)
+
+    def _call(self, method, params, parse, deadline):
+        """One public method, retried with exponential backoff while Deribit is unavailable."""
         if deadline is None:
             deadline = time.monotonic() + self.attempts * (self.timeout + self.backoff * 4)
         for attempt in range(1, self.attempts + 1):
             try:
-                return self._request(index_name, deadline)
+                return self._request(method, params, parse, deadline)
             except DeribitUnavailable as exc:
                 pause = self.backoff * 2 ** (attempt - 1)
                 if attempt == self.attempts or time.monotonic() + pause >= deadline:
@@ -81,24 +111,67 @@ class DeribitClient:
                 time.sleep(pause)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _request(self, index_name, deadline):
+    def _request(self, method, params, parse, deadline):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise DeribitUnavailable("no time left for a request", "deadline")
         timeout = min(self.timeout, remaining)
         try:
             response = self.session.get(
-                self.url, params={"index_name": index_name}, timeout=(timeout, timeout)
+                f"{self.base_url}/public/{method}", params=params, timeout=(timeout, timeout)
             )
         except requests.Timeout as exc:
             raise DeribitUnavailable(f"timed out after {timeout:.1f}s", "timeout") from exc
         except requests.RequestException as exc:
             raise DeribitUnavailable(f"connection failed: {exc}", "connection") from exc
-        return parse_index_price(response.status_code, response.content)
+        return parse(response.status_code, response.content)
+
+
+def chart_range_for(seconds):
+    """The smallest get_index_chart_data range that reaches `seconds` back from now."""
+    for name, span in CHART_RANGES:
+        if span is None or seconds <= span:
+            return name
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def parse_index_price(status, body):
     """Turn Deribit's HTTP answer into an exact, positive, finite Decimal or raise DeribitError."""
+    result = _result(status, body)
+    price = result.get("index_price") if isinstance(result, dict) else None
+    return validate_price(price)
+
+
+def parse_index_chart(status, body):
+    """Turn get_index_chart_data's answer into ([(milliseconds, Decimal)], [(position, reason)]).
+
+    The result must be a list of [milliseconds, price] pairs; each pair is checked on its own
+    (a whole-number time in range, a valid price), and the good ones come back in time order.
+    """
+    result = _result(status, body)
+    if not isinstance(result, list):
+        raise InvalidPrice("chart data is not a list of points", "malformed_chart")
+    points, rejected = [], []
+    for position, point in enumerate(result):
+        try:
+            if not isinstance(point, list) or len(point) != 2:
+                raise InvalidPrice(f"not a [time, price] pair: {point!r:.60}", "malformed_point")
+            milliseconds, price = point
+            if isinstance(milliseconds, bool) or not isinstance(milliseconds, int):
+                raise InvalidPrice(
+                    f"time is not whole milliseconds: {milliseconds!r:.40}", "bad_time"
+                )
+            if not 0 <= milliseconds <= MAX_MILLISECONDS:
+                raise InvalidPrice(f"time out of range: {milliseconds}", "bad_time")
+            points.append((milliseconds, validate_price(price)))
+        except InvalidPrice as exc:
+            rejected.append((position, f"{exc.reason}: {exc}"))
+    points.sort(key=lambda point: point[0])
+    return points, rejected
+
+
+def _result(status, body):
+    """The `result` of a JSON-RPC answer; Deribit errors and HTTP failures as DeribitError."""
     try:
         # parse_float=Decimal keeps the digits exactly as sent; NaN/Infinity become Decimal too
         # so that they are rejected below with their own reason.
@@ -116,6 +189,7 @@ def parse_index_price(status, body):
         code = code if isinstance(code, int) and not isinstance(code, bool) else None
         message = error.get("message") if isinstance(error, dict) else error
         text = f"Deribit error {code}: {message}"
+        # A 5xx is retried whatever code it carries: the server itself is failing.
         if code in RETRYABLE_CODES or status in RETRYABLE_STATUSES:
             raise DeribitUnavailable(text, f"deribit_{code}")
         raise DeribitRejected(text, f"deribit_{code}")
@@ -123,10 +197,7 @@ def parse_index_price(status, body):
         raise DeribitUnavailable(f"HTTP {status}", f"http_{status}")
     if status != 200:
         raise DeribitRejected(f"HTTP {status}", f"http_{status}")
-
-    result = document.get("result")
-    price = result.get("index_price") if isinstance(result, dict) else None
-    return validate_price(price)
+    return document.get("result")
 
 
 def validate_price(price):

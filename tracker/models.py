@@ -1,18 +1,21 @@
-"""The price_records table and the queries everyone shares: latest, as-of, page, insert-ignore."""
+"""The price_records table and the queries everyone shares: latest, page, gaps, insert-ignore."""
 
 import functools
+import math
 from decimal import Decimal
 
 import psycopg2
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Index,
     Numeric,
     String,
     Text,
     TypeDecorator,
     bindparam,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
@@ -47,6 +50,10 @@ class ExactDecimal(TypeDecorator):
         return super().result_processor(dialect, coltype)
 
 
+LIVE, BACKFILL = "live", "backfill"
+SOURCES = (LIVE, BACKFILL)
+
+
 class Price(db.Model):
     """One observation: the Deribit index price of a ticker at a UNIX second.
 
@@ -55,28 +62,51 @@ class Price(db.Model):
     """
 
     __tablename__ = "price_records"
-    __table_args__ = (CheckConstraint("price > 0", name="price_positive"),)
+    __table_args__ = (
+        CheckConstraint("price > 0", name="price_positive"),
+        CheckConstraint("source IN ('live', 'backfill')", name="source_known"),
+        Index(
+            "ix_price_records_backfill",
+            "ticker",
+            "timestamp",
+            postgresql_where=text("source = 'backfill'"),
+            sqlite_where=text("source = 'backfill'"),
+        ),
+    )
 
     ticker = db.Column(String(32), primary_key=True)
     timestamp = db.Column(BigInteger, primary_key=True, autoincrement=False)
     # Unconstrained NUMERIC keeps exactly the digits Deribit sent: no float, no fixed scale.
     price = db.Column(ExactDecimal(), nullable=False)
+    # Where the price came from: LIVE (get_index_price in its slot) or BACKFILL (chart data).
+    source = db.Column(String(8), nullable=False, server_default=LIVE)
 
 
+# The window of the coverage figures (/tickers, /metrics).
+DAY_SECONDS = 86400
+# Rows per INSERT statement (SQLite allows 32,766 bound parameters; 4 a row).
+INSERT_CHUNK_ROWS = 1000
 # Earliest and latest timestamps a BIGINT holds: the bounds of a range left open.
 FIRST, LAST = -(2**63), 2**63 - 1
 
 # The API's queries, built once with bound parameters: building a statement per request and
 # matching its result columns to the cached compiled form took a quarter of /prices/latest's
 # time (profiled); a prebuilt statement is a plain cache hit.
+_COLUMNS = (Price.ticker, Price.price, Price.timestamp, Price.source)
 _NEWEST_AT = (
-    select(Price.ticker, Price.price, Price.timestamp)
+    select(*_COLUMNS)
     .where(Price.ticker == bindparam("ticker"), Price.timestamp <= bindparam("at"))
     .order_by(Price.timestamp.desc())
     .limit(1)
 )
+_OLDEST = (
+    select(Price.timestamp)
+    .where(Price.ticker == bindparam("ticker"))
+    .order_by(Price.timestamp.asc())
+    .limit(1)
+)
 _PAGE = (
-    select(Price.ticker, Price.price, Price.timestamp)
+    select(*_COLUMNS)
     .where(
         Price.ticker == bindparam("ticker"),
         Price.timestamp.between(bindparam("start"), bindparam("end")),
@@ -84,6 +114,42 @@ _PAGE = (
     )
     .order_by(Price.timestamp.desc())
     .limit(bindparam("limit"))
+)
+# A separate statement rather than "source = :source OR :source IS NULL", so that each plan is
+# an index range scan: `source=backfill` reads the partial index of backfilled rows, not every
+# live row before it.
+_PAGE_OF_SOURCE = _PAGE.where(Price.source == bindparam("source"))
+# The missing slots of [first_slot, last_slot] (slot = timestamp / interval) as ranges, in one
+# pass over the primary-key index: each stored slot is compared with the one before it (the
+# first with the slot before the range); the tail after the newest stored slot is the second
+# part. Totals over all gaps ride along on every row, so `limit` cuts only the list.
+_GAPS = text(
+    """
+    WITH observed AS (
+        SELECT timestamp / :interval AS slot,
+               lag(timestamp / :interval, 1, CAST(:first_slot - 1 AS BIGINT))
+                   OVER (ORDER BY timestamp) AS previous
+        FROM price_records
+        WHERE ticker = :ticker AND timestamp BETWEEN :low AND :high
+    ), gaps AS (
+        SELECT previous + 1 AS first_missing, slot - 1 AS last_missing
+        FROM observed WHERE slot > previous + 1
+        UNION ALL
+        SELECT coalesce(max(timestamp) / :interval + 1, :first_slot), :last_slot
+        FROM price_records
+        WHERE ticker = :ticker AND timestamp BETWEEN :low AND :high
+        HAVING coalesce(max(timestamp) / :interval + 1, :first_slot) <= :last_slot
+    )
+    SELECT first_missing, last_missing, count(*) OVER (),
+           sum(last_missing - first_missing + 1) OVER ()
+    FROM gaps ORDER BY first_missing LIMIT :limit
+    """
+)
+_SLOTS_BY_SOURCE = text(
+    """
+    SELECT source, count(DISTINCT timestamp / :interval) FROM price_records
+    WHERE ticker = :ticker AND timestamp BETWEEN :low AND :high GROUP BY source
+    """
 )
 
 
@@ -98,22 +164,70 @@ def price_at(ticker, timestamp):
     return rows[0] if rows else None
 
 
-def price_page(ticker, *, start=None, end=None, before=None, limit=100):
+def price_page(ticker, *, start=None, end=None, before=None, limit=100, source=None):
     """Rows of `ticker`, newest first, with start <= timestamp <= end and timestamp < before.
 
     Keyset pagination: `before` is the timestamp of the last row of the previous page, so a
-    page deep in history is one index range scan, as cheap as the first. Returns up to
-    `limit` rows and whether more follow.
+    page deep in history is one index range scan, as cheap as the first. `source` keeps only
+    live or only backfilled rows. Returns up to `limit` rows and whether more follow.
     """
     rows = read(
-        _PAGE,
+        _PAGE if source is None else _PAGE_OF_SOURCE,
         ticker=ticker,
         start=FIRST if start is None else start,
         end=LAST if end is None else end,
         before=LAST if before is None else before,
         limit=limit + 1,
+        **({} if source is None else {"source": source}),
     )
     return rows[:limit], len(rows) > limit
+
+
+def oldest_timestamp(ticker):
+    """The timestamp of the first stored row of `ticker`, or None."""
+    rows = read(_OLDEST, ticker=ticker)
+    return rows[0][0] if rows else None
+
+
+def window_slots(interval, seconds, now):
+    """The first and last slot of the `seconds` before `now`, the slot in progress left out."""
+    return math.ceil((now - seconds) / interval), int(now) // interval - 1
+
+
+def missing_slots(ticker, interval, first_slot, last_slot, limit=None):
+    """The holes in `ticker`'s slots first_slot..last_slot (slot = timestamp // interval).
+
+    Returns (ranges, gap_count, missing): up to `limit` (first, last) slot ranges with no row,
+    oldest first, then how many ranges and slots are missing in all. Computed in the database
+    in one pass over the range, never by loading its rows.
+    """
+    if last_slot < first_slot:
+        return [], 0, 0
+    rows = read(
+        _GAPS,
+        ticker=ticker,
+        interval=interval,
+        first_slot=first_slot,
+        last_slot=last_slot,
+        low=first_slot * interval,
+        high=last_slot * interval + interval - 1,
+        limit=LAST if limit is None else limit,
+    )
+    if not rows:
+        return [], 0, 0
+    return [(row[0], row[1]) for row in rows], rows[0][2], int(rows[0][3])
+
+
+def stored_slots(ticker, interval, first_slot, last_slot):
+    """How many slots of first_slot..last_slot hold a row of `ticker`, per source."""
+    rows = read(
+        _SLOTS_BY_SOURCE,
+        ticker=ticker,
+        interval=interval,
+        low=first_slot * interval,
+        high=last_slot * interval + interval - 1,
+    )
+    return {source: 0 for source in SOURCES} | dict(rows)
 
 
 def stored_tickers(tickers, timestamp):
@@ -167,19 +281,23 @@ def _compiled(query, dialect):
 
 
 def insert_prices(rows):
-    """Insert {ticker, price, timestamp} rows in one statement, ignoring ones already stored.
+    """Insert {ticker, price, timestamp[, source]} rows, ignoring the ones already stored.
 
-    Returns the tickers actually inserted; the rest were duplicates.
+    One statement per 1,000 rows, one transaction; a stored row is never overwritten (a live
+    price always wins over a later backfill of its slot). Returns the (ticker, timestamp) pairs
+    actually inserted; the rest were duplicates.
     """
     if not rows:
-        return set()
+        return []
     insert = sqlite.insert if db.engine.dialect.name == "sqlite" else postgresql.insert
-    statement = (
-        insert(Price)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["ticker", "timestamp"])
-        .returning(Price.ticker)
-    )
-    inserted = set(db.session.execute(statement).scalars())
+    inserted = []
+    for chunk in range(0, len(rows), INSERT_CHUNK_ROWS):
+        statement = (
+            insert(Price)
+            .values(rows[chunk : chunk + INSERT_CHUNK_ROWS])
+            .on_conflict_do_nothing(index_elements=["ticker", "timestamp"])
+            .returning(Price.ticker, Price.timestamp)
+        )
+        inserted += [tuple(row) for row in db.session.execute(statement)]
     db.session.commit()
     return inserted

@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tracker.extensions import api as rest_api
 from tracker.extensions import db, redis_connection
-from tracker.models import latest_price
+from tracker.models import DAY_SECONDS, latest_price, missing_slots, window_slots
 from tracker.schemas import HealthSchema, ReadinessSchema
 
 log = logging.getLogger(__name__)
@@ -203,6 +203,18 @@ def record_fetches(stored, duplicate, failures):
         log.warning("fetch counts not recorded, Redis unavailable: %s", exc)
 
 
+def record_backfill(filled):
+    """Count backfilled rows per ticker in Redis, next to the fetch counts; {ticker: rows}."""
+    try:
+        pipeline = _redis().pipeline(transaction=False)
+        for ticker, rows in filled.items():
+            if rows:
+                pipeline.hincrby(FETCHES_KEY, f"backfilled|{ticker}|", rows)
+        pipeline.execute()
+    except RedisError as exc:
+        log.warning("backfill counts not recorded, Redis unavailable: %s", exc)
+
+
 def fetch_counts():
     """{(outcome, ticker, reason): count} of every fetch since the counts began."""
     raw = _redis().hgetall(FETCHES_KEY)
@@ -334,6 +346,7 @@ class SharedStateCollector:
         else:
             errors.add_metric(["database"], 0)
             yield _price_ages(newest)
+            yield _missing_slots()
         try:
             counts = fetch_counts()
         except RedisError as exc:
@@ -358,6 +371,19 @@ def _price_ages(newest):
     return ages
 
 
+def _missing_slots():
+    gauge = GaugeMetricFamily(
+        "tracker_missing_slots",
+        "Slots of the last 24 hours (the one in progress left out) with no stored price.",
+        labels=["ticker"],
+    )
+    interval = current_app.config["FETCH_INTERVAL"]
+    first, last = window_slots(interval, DAY_SECONDS, time.time())
+    for ticker in current_app.config["TICKERS"]:
+        gauge.add_metric([ticker], missing_slots(ticker, interval, first, last)[2])
+    return gauge
+
+
 def _fetch_families(counts):
     fetches = CounterMetricFamily(
         "tracker_fetches",
@@ -369,11 +395,19 @@ def _fetch_families(counts):
         "Failed ticker fetches by reason.",
         labels=["ticker", "reason"],
     )
+    backfilled = CounterMetricFamily(
+        "tracker_backfilled_rows",
+        "Rows the backfill filled from Deribit's chart data, by ticker.",
+        labels=["ticker"],
+    )
     by_outcome = {}
     for (outcome, ticker, reason), count in sorted(counts.items()):
+        if outcome == "backfilled":
+            backfilled.add_metric([ticker], count)
+            continue
         by_outcome[ticker, outcome] = by_outcome.get((ticker, outcome), 0) + count
         if outcome == "failed":
             failures.add_metric([ticker, reason], count)
     for (ticker, outcome), count in by_outcome.items():
         fetches.add_metric([ticker, outcome], count)
-    return fetches, failures
+    return fetches, failures, backfilled

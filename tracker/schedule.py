@@ -40,7 +40,12 @@ def periodic_jobs(config):
             func="tracker.jobs.fetch_prices",
             cron=config["FETCH_CRON"],
             timeout=config["FETCH_INTERVAL"],
-        )
+        ),
+        PeriodicJob(
+            func="tracker.jobs.backfill_prices",
+            cron=config["BACKFILL_CRON"],
+            timeout=max(config["BACKFILL_INTERVAL"], 60),
+        ),
     ]
 
 

@@ -10,6 +10,8 @@ from http import HTTPStatus
 from flask import current_app
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from tracker.models import SOURCES
+
 # UNIX seconds the API accepts: 1970-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
 MIN_TIME = 0
 MAX_TIME = 253402300799
@@ -151,6 +153,15 @@ class PriceQueryArgsSchema(PageArgsSchema):
         },
     )
 
+    source = fields.String(
+        validate=validate.OneOf(SOURCES),
+        metadata={
+            "description": "Only `live` prices (fetched in their slot) or only `backfill` ones"
+            " (filled later from Deribit's chart data); both when omitted.",
+            "example": "live",
+        },
+    )
+
     @validates_schema
     def start_not_after_end(self, data, **kwargs):
         if "start" in data and "end" in data and data["start"] > data["end"]:
@@ -191,7 +202,19 @@ class PriceSchema(Schema):
         }
     )
     timestamp = fields.Integer(
-        metadata={"description": "UNIX seconds (UTC) of the observation.", "example": 1763928000}
+        metadata={
+            "description": "UNIX seconds (UTC): the start of the FETCH_INTERVAL slot it fills.",
+            "example": 1763928000,
+        }
+    )
+    source = fields.String(
+        validate=validate.OneOf(SOURCES),
+        metadata={
+            "description": "`live`: fetched from get_index_price in its slot. `backfill`: filled"
+            " later from get_index_chart_data (Deribit's average index price at that moment)"
+            " because the slot had no live price.",
+            "example": "live",
+        },
     )
 
 
@@ -204,6 +227,118 @@ class PricePageSchema(Schema):
         allow_none=True,
         metadata={"description": "Pass as `cursor` for the next page; null on the last page."},
     )
+
+
+class GapsArgsSchema(TickerArgsSchema):
+    """Arguments of /prices/gaps: ticker, an inclusive time range, how many gaps to list."""
+
+    start = TimeField(
+        data_key="from",
+        round_up=True,
+        metadata={
+            "description": f"Start of the range: {TIME_HELP}. Default: 24 hours before `to`.",
+            "example": "2026-11-23",
+            "type": "string",
+        },
+    )
+    end = TimeField(
+        data_key="to",
+        metadata={
+            "description": f"End of the range (inclusive): {TIME_HELP}. Default: now.",
+            "example": "2026-11-24T00:00:00Z",
+            "type": "string",
+        },
+    )
+    limit = fields.Integer(
+        load_default=1000,
+        validate=validate.Range(min=1, max=10000),
+        metadata={
+            "description": "At most this many gaps are listed, oldest first (the totals count"
+            " them all); 1 to 10000. For the rest, ask again from the last gap's `to`.",
+            "example": 1000,
+        },
+    )
+
+    @validates_schema
+    def start_not_after_end(self, data, **kwargs):
+        if "start" in data and "end" in data and data["start"] > data["end"]:
+            raise ValidationError("`from` must not be after `to`.", "from")
+
+
+class GapSchema(Schema):
+    """A run of consecutive slots with no stored price."""
+
+    start = fields.Integer(
+        data_key="from",
+        metadata={"description": "Start (UNIX seconds) of the first missing slot."},
+    )
+    end = fields.Integer(
+        data_key="to", metadata={"description": "Start (UNIX seconds) of the last missing slot."}
+    )
+    missing_slots = fields.Integer(metadata={"description": "How many slots are missing."})
+
+
+class CoverageSchema(Schema):
+    """How many of the expected slots hold a price."""
+
+    expected_slots = fields.Integer(
+        metadata={"description": "Slots in the range (one per FETCH_INTERVAL)."}
+    )
+    stored_slots = fields.Integer()
+    missing_slots = fields.Integer()
+    coverage_percent = fields.Decimal(
+        allow_none=True,
+        metadata={
+            "description": "stored / expected x 100, rounded down to 2 decimals (so 100 means"
+            " complete); null when the range holds no slot.",
+            "example": 99.93,
+        },
+    )
+
+
+class GapReportSchema(CoverageSchema):
+    """The holes in a ticker's history within a range."""
+
+    ticker = fields.String(metadata={"example": "btc_usd"})
+    start = fields.Integer(data_key="from", metadata={"description": "The range's start."})
+    end = fields.Integer(data_key="to", metadata={"description": "The range's end."})
+    interval = fields.Integer(metadata={"description": "FETCH_INTERVAL: seconds per slot."})
+    gap_count = fields.Integer(metadata={"description": "How many gaps the range has in all."})
+    gaps = fields.List(fields.Nested(GapSchema))
+    truncated = fields.Boolean(metadata={"description": "True when `limit` cut the list."})
+
+
+class RecentCoverageSchema(CoverageSchema):
+    """Coverage of the last 24 hours, the slot in progress left out."""
+
+    live_slots = fields.Integer(metadata={"description": "Slots filled by the live fetch."})
+    backfill_slots = fields.Integer(metadata={"description": "Slots filled by the backfill."})
+
+
+class TickerSummarySchema(Schema):
+    """A tracked ticker: its newest price, how far back it goes, how complete the last day is."""
+
+    ticker = fields.String(metadata={"example": "btc_usd"})
+    price = fields.Decimal(
+        allow_none=True,
+        metadata={"description": "The newest price, exact; null while none is stored."},
+    )
+    timestamp = fields.Integer(allow_none=True, metadata={"description": "Its slot, UNIX seconds."})
+    source = fields.String(allow_none=True, validate=validate.OneOf(SOURCES))
+    age_seconds = fields.Integer(
+        allow_none=True, metadata={"description": "Seconds since `timestamp`."}
+    )
+    first_timestamp = fields.Integer(
+        allow_none=True, metadata={"description": "The oldest stored price's slot."}
+    )
+    coverage_24h = fields.Nested(RecentCoverageSchema)
+
+
+class TickerListSchema(Schema):
+    """Every tracked ticker (TICKERS), in configuration order."""
+
+    interval = fields.Integer(metadata={"description": "FETCH_INTERVAL: seconds per slot."})
+    tickers = fields.List(fields.Nested(TickerSummarySchema))
 
 
 class HealthSchema(Schema):
