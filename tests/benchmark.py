@@ -60,7 +60,7 @@ def main(argv=None):
         "TICKERS": TICKERS,
         "PYTHONUNBUFFERED": "1",
     }
-    results = {"machine": machine(), "cells": [], "seeds": [], "plans": []}
+    results = {"machine": machine(), "cells": [], "seeds": [], "plans": [], "history": []}
     servers = []
     try:
         api = start_gunicorn(["wsgi:app"], env, workdir / "api.log", servers)
@@ -85,6 +85,7 @@ def main(argv=None):
                 plan += [(api, name, api_paths, "api"), (raw, name, raw_paths, "raw")]
                 results["plans"].append(explain(database_url, name, rows, raw_paths))
             results["cells"] += load.best_of(plan, rows)
+            results["history"] += history_timings(api.base_url, rows, last)
         results["rss_web_worker_kb"] = max(vm_rss(pid) for pid in children(api.pid))
         results["fetch"], results["rss_rq_worker_kb"] = fetch_cycle(database_url, options, env)
     finally:
@@ -227,6 +228,44 @@ def endpoint_paths(first, last):
             [f"/at?ticker={TICKER}&timestamp={middle + 30}"],
         ),
     ]
+
+
+YEAR = 365 * 86400
+
+
+def history_timings(base_url, rows, last, runs=7):
+    """Time the coverage endpoints, one request at a time: median and best of `runs`.
+
+    The gap report covers the year before `last` (525,600 minutes; the seeded history has
+    one price a minute and no hole, so every slot of the year is read); /tickers reads the
+    last day of every ticker.
+    """
+    api = f"{base_url}/api/v1"
+    queries = [
+        ("gaps year", f"{api}/prices/gaps?ticker={TICKER}&from={last - YEAR}&to={last - 60}"),
+        ("tickers", f"{api}/tickers"),
+    ]
+    timings = []
+    for name, url in queries:
+        response = requests.get(url, timeout=30)
+        response.raise_for_status()
+        elapsed = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            requests.get(url, timeout=30).raise_for_status()
+            elapsed.append((time.perf_counter() - started) * 1000)
+        body = response.json()
+        timings.append(
+            {
+                "endpoint": name,
+                "rows": rows,
+                "median_ms": round(statistics.median(elapsed), 1),
+                "best_ms": round(min(elapsed), 1),
+                "slots": body.get("expected_slots", len(body.get("tickers", []))),
+            }
+        )
+        print(f"time  {name:<12} {rows:>9} rows  {timings[-1]['median_ms']} ms median")
+    return timings
 
 
 def explain(database_url, name, rows, raw_paths):
@@ -536,6 +575,12 @@ def report(results):
             f" | {floor['rps']:>11.0f} {floor['errors']:>6}"
             f" {floor['cpu_us']:>6.0f} {cell['vs_raw']:>6.2f} {cell['vs_const']:>6.2f}"
         )
+    print(f"\n{'coverage':<12} {'rows':>9} {'slots':>8} {'median ms':>9} {'best ms':>8}")
+    for cell in results["history"]:
+        print(
+            f"{cell['endpoint']:<12} {cell['rows']:>9} {cell['slots']:>8}"
+            f" {cell['median_ms']:>9.1f} {cell['best_ms']:>8.1f}"
+        )
     fetch = results["fetch"]
     print(
         f"\nfetch cycle, 2 tickers, 100 ms Deribit latency: {fetch['warm_median_ms']} ms"
@@ -588,6 +633,11 @@ def targets(results, api):
     check(errors == 0, f"errors and non-2xx responses under load: {errors}")
     spread = max(c["p99_ms"] / c["p50_ms"] for c in api)
     check(spread < 10, f"worst p99/p50 of the API: {spread:.1f} (< 10)")
+    for cell in (c for c in results["history"] if c["endpoint"] == "gaps year"):
+        check(
+            cell["median_ms"] < 1000,
+            f"gap report of a year at {cell['rows']} rows: {cell['median_ms']} ms (< 1 s)",
+        )
     fetch = results["fetch"]["warm_median_ms"]
     check(fetch < 200, f"fetch cycle for two tickers at 100 ms latency: {fetch} ms (< 200 ms)")
     return lines

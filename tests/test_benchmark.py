@@ -83,6 +83,9 @@ def test_bench_runs_end_to_end_on_a_tiny_table(redis_conn, tmp_path):
     assert {p["endpoint"] for p in results["plans"]} == set(ENDPOINTS)
     for plan in results["plans"]:
         assert plan["scans"] and "Seq Scan" not in plan["scans"], plan
+    history = {c["endpoint"]: c for c in results["history"]}
+    assert history["gaps year"]["slots"] == 525600 and history["gaps year"]["median_ms"] > 0
+    assert history["tickers"]["slots"] == 2
     assert results["fetch"]["max_concurrent_requests"] == 2
     assert results["rss_web_worker_kb"] > 0 and results["rss_rq_worker_kb"] > 0
     assert any(t.startswith(("MET", "MISSED")) for t in results["targets"])
