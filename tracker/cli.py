@@ -12,9 +12,10 @@ from flask.cli import with_appcontext
 from rq import SimpleWorker
 
 from tracker.extensions import db, fetch_queue, rq_connection
+from tracker.healing import RedisLink
 from tracker.jobs import fetch_prices, iso
 from tracker.local import up
-from tracker.schedule import make_scheduler, periodic_jobs, reconcile
+from tracker.schedule import make_scheduler, periodic_jobs, run_schedule
 
 
 def register_commands(app):
@@ -84,13 +85,11 @@ def scheduler():
     os.environ["TZ"] = "UTC"
     time.tzset()
     connection = rq_connection()
-    rq_scheduler = make_scheduler(connection)
-    cancelled, scheduled = reconcile(rq_scheduler, periodic_jobs(current_app.config))
-    click.echo(
-        f"schedule: cron {current_app.config['FETCH_CRON']!r}"
-        f" scheduled={scheduled or '-'} cancelled={cancelled or '-'}"
+    run_schedule(
+        make_scheduler(connection),
+        periodic_jobs(current_app.config),
+        RedisLink(connection, "scheduler"),
     )
-    rq_scheduler.run()
 
 
 # Where each seeded random walk starts, in cents; other tickers start at 100.00.
