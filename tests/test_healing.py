@@ -5,15 +5,19 @@ import time
 import pytest
 from redis import Redis
 from rq.job import Job
+from sqlalchemy.engine import make_url
 
 from tests.conftest import (
+    TCPProxy,
     command,
     free_port,
     read_log,
     start_redis,
     stop_process_group,
+    truncate_prices,
 )
 from tracker.config import load_config
+from tracker.extensions import fetch_queue
 from tracker.schedule import make_scheduler, periodic_jobs
 
 INTERVAL = 2
@@ -98,3 +102,95 @@ def test_scheduler_lives_through_redis_restarting_empty(spawn, own_redis):
     assert count(log, "scheduler: lost Redis at 127.0.0.1:") == 1, log
     assert count(log, "scheduler: Redis is back after") == 1, log
     assert "Traceback" not in log and " ERROR " not in log, log
+
+
+def test_worker_lives_through_redis_restarting_empty(spawn, own_redis, deribit, database_url):
+    """Idle worker, Redis away for 5 s and back empty: it takes the next job enqueued."""
+    worker = spawn(command("flask", "worker"), REDIS_URL=own_redis.url)
+    queue = fetch_queue(own_redis.connection)
+    try:
+        wait_until(lambda: own_redis.connection.scard("rq:workers"), 10, [worker], "its birth")
+        own_redis.restart_empty(down_for=5)
+        job = queue.enqueue("tracker.jobs.fetch_prices")
+        wait_until(lambda: job.get_status(refresh=True) == "finished", 15, [worker], "the job")
+        assert job.return_value()["stored"] == ["btc_usd", "eth_usd"]
+        log = read_log(worker)
+        assert count(log, "worker: lost Redis at 127.0.0.1:") == 1, log
+        assert count(log, "worker: Redis is back after") == 1, log
+        assert "could not connect" not in log and "Traceback" not in log and " ERROR " not in log
+        assert own_redis.connection.scard("rq:workers") == 1  # registered again
+    finally:
+        truncate_prices(database_url)
+
+
+def test_worker_lives_through_redis_going_away_during_a_job(
+    spawn, own_redis, deribit, database_url
+):
+    """Redis stops while a job runs (Deribit answers slowly): RQ cannot record the job's end."""
+    worker = spawn(command("flask", "worker"), REDIS_URL=own_redis.url, DERIBIT_TIMEOUT=5)
+    queue = fetch_queue(own_redis.connection)
+    deribit.latency = 2
+    try:
+        queue.enqueue("tracker.jobs.fetch_prices")
+        wait_until(lambda: deribit.requests_for("btc_usd"), 10, [worker], "the slow job to start")
+        own_redis.restart_empty(down_for=4)
+        deribit.latency = 0
+        job = queue.enqueue("tracker.jobs.fetch_prices", kwargs={"skip_stored": False})
+        wait_until(lambda: job.get_status(refresh=True) == "finished", 15, [worker], "the job")
+        log = read_log(worker)
+        assert count(log, "fetch slot=") == 2, log  # the slow one stored its prices too
+        assert count(log, "worker: lost Redis at 127.0.0.1:") == 1, log
+        assert count(log, "worker: Redis is back after") == 1, log
+        assert "could not connect" not in log and "Traceback" not in log, log
+    finally:
+        truncate_prices(database_url)
+
+
+def test_worker_lives_through_postgres_going_away(spawn, redis_conn, deribit, postgres_url):
+    """A job run while PostgreSQL is unreachable fails alone; the next one stores its prices."""
+    url = make_url(postgres_url)
+    proxy = TCPProxy((url.host, url.port))
+    proxy.open()
+    through_proxy = url.set(port=proxy.port).render_as_string(hide_password=False)
+    worker = spawn(command("flask", "worker"), DATABASE_URL=through_proxy)
+    queue = fetch_queue(redis_conn)
+    try:
+        first = queue.enqueue("tracker.jobs.fetch_prices")
+        wait_until(lambda: first.get_status(refresh=True) == "finished", 10, [worker], "job 1")
+        proxy.shut()
+        failed = queue.enqueue("tracker.jobs.fetch_prices", kwargs={"skip_stored": False})
+        wait_until(lambda: failed.get_status(refresh=True) == "failed", 15, [worker], "job 2")
+        proxy.open()
+        last = queue.enqueue("tracker.jobs.fetch_prices", kwargs={"skip_stored": False})
+        wait_until(lambda: last.get_status(refresh=True) == "finished", 15, [worker], "job 3")
+        assert worker.poll() is None
+        assert last.return_value()["duplicate"] == ["btc_usd", "eth_usd"]  # read the database
+    finally:
+        proxy.shut()
+        truncate_prices(postgres_url)
+
+
+def test_worker_and_scheduler_started_before_redis_wait_for_it(
+    spawn, tmp_path, deribit, database_url
+):
+    """Both start while Redis is not there yet (a host booting): prices flow once it is."""
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    worker = spawn(command("flask", "worker"), REDIS_URL=url, FETCH_INTERVAL=INTERVAL)
+    scheduler = spawn(command("flask", "scheduler"), REDIS_URL=url, FETCH_INTERVAL=INTERVAL)
+    processes = [worker, scheduler]
+    try:
+        wait_until(
+            lambda: all("lost Redis" in read_log(p) for p in processes),
+            15,
+            processes,
+            "both to try",
+        )
+        start_redis(spawn, port, tmp_path)
+        wait_until(lambda: count(read_log(worker), "fetch slot=") >= 1, 15, processes, "a fetch")
+        for process in processes:
+            log = read_log(process)
+            assert count(log, "Redis is back after") == 1, log
+            assert "Traceback" not in log and "could not connect" not in log, log
+    finally:
+        truncate_prices(database_url)
