@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -262,3 +263,79 @@ def wait_for_http(url, timeout=20.0, process=None):
 def read_log(process):
     process.log_file.flush()
     return process.log_path.read_text(errors="replace")
+
+
+def start_redis(spawn, port, tmp_path):
+    """A throwaway redis-server of our own on `port`, answering before this returns."""
+    process = spawn(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
+        + ["no", "--dir", str(tmp_path)]
+    )
+    connection = Redis(port=port, socket_connect_timeout=1)
+    for _ in range(100):
+        try:
+            connection.ping()
+            return process
+        except Exception:
+            assert process.poll() is None, read_log(process)
+            time.sleep(0.1)
+    pytest.fail(f"redis-server did not start:\n{read_log(process)}")
+
+
+class TCPProxy:
+    """A loopback TCP forwarder to `upstream` that can be shut (dropping every connection)
+    and opened again on the same port: a PostgreSQL outage without stopping PostgreSQL."""
+
+    def __init__(self, upstream):
+        self.upstream = upstream
+        self.port = free_port()
+        self._sockets = []
+        self._lock = threading.Lock()
+
+    def open(self):
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen()
+        self._track(listener)
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def shut(self):
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def _track(self, sock):
+        with self._lock:
+            self._sockets.append(sock)
+
+    def _accept(self, listener):
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # shut
+            server = socket.create_connection(self.upstream)
+            self._track(client)
+            self._track(server)
+            for source, target in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(source, target), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source, target):
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass

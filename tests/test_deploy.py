@@ -42,6 +42,13 @@ def test_compose_declares_the_stack():
         assert SERVICES[name]["image"] == "deribit-price-tracker", name  # one image for all
 
 
+def test_long_running_services_are_restarted_and_the_migration_is_not():
+    """Docker starts a crashed or OOM-killed process again; the processes heal the rest."""
+    for name in ("web", "worker", "scheduler", "db", "redis"):
+        assert SERVICES[name]["restart"] == "unless-stopped", name
+    assert SERVICES["migrate"]["restart"] == "no"  # a one-off: it must not loop
+
+
 def test_app_services_wait_for_a_healthy_database_and_the_migration():
     assert SERVICES["migrate"]["depends_on"] == {"db": {"condition": "service_healthy"}}
     assert SERVICES["migrate"]["restart"] == "no"

@@ -4,16 +4,22 @@ import json
 import logging
 import re
 import socket
-import threading
 import time
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
-from redis import Redis
 from sqlalchemy.engine import make_url
 
-from tests.conftest import command, free_port, read_log, stop_process_group, wait_for_http
+from tests.conftest import (
+    TCPProxy,
+    command,
+    free_port,
+    read_log,
+    start_redis,
+    stop_process_group,
+    wait_for_http,
+)
 from tests.fake_deribit import error_reply
 from tracker.config import ConfigError, load_config
 from tracker.extensions import db
@@ -129,23 +135,6 @@ def test_readyz_is_503_naming_redis_when_it_is_unreachable(make_app):
     assert "127.0.0.1" in body["checks"]["redis"]["error"]
 
 
-def start_redis(spawn, port, tmp_path):
-    """A throwaway redis-server of our own on `port`, answering before this returns."""
-    process = spawn(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
-        + ["no", "--dir", str(tmp_path)]
-    )
-    connection = Redis(port=port, socket_connect_timeout=1)
-    for _ in range(100):
-        try:
-            connection.ping()
-            return process
-        except Exception:
-            assert process.poll() is None, read_log(process)
-            time.sleep(0.1)
-    pytest.fail(f"redis-server did not start:\n{read_log(process)}")
-
-
 def test_readyz_follows_redis_going_down_and_coming_back(make_app, spawn, tmp_path):
     port = free_port()
     redis = start_redis(spawn, port, tmp_path)
@@ -161,65 +150,6 @@ def test_readyz_follows_redis_going_down_and_coming_back(make_app, spawn, tmp_pa
     start_redis(spawn, port, tmp_path)
     status, body = readyz(client)
     assert status == 200, body
-
-
-class TCPProxy:
-    """A loopback TCP forwarder to `upstream` that can be shut (dropping every connection)
-    and opened again on the same port: a PostgreSQL outage without stopping PostgreSQL."""
-
-    def __init__(self, upstream):
-        self.upstream = upstream
-        self.port = free_port()
-        self._sockets = []
-        self._lock = threading.Lock()
-
-    def open(self):
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen()
-        self._track(listener)
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def shut(self):
-        with self._lock:
-            sockets, self._sockets = self._sockets, []
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-
-    def _track(self, sock):
-        with self._lock:
-            self._sockets.append(sock)
-
-    def _accept(self, listener):
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return  # shut
-            server = socket.create_connection(self.upstream)
-            self._track(client)
-            self._track(server)
-            for source, target in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(source, target), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source, target):
-        try:
-            while data := source.recv(65536):
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, target):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 def test_readyz_follows_postgres_going_down_and_coming_back(make_app, postgres_url, redis_conn):

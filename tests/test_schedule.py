@@ -93,3 +93,14 @@ def test_the_schedule_is_on_the_utc_clock_whatever_the_local_zone(spawn, redis_c
     runs = {job_id.decode().split("-")[0]: at for job_id, at in scheduled}
     assert runs["fetch_prices"] % 3600 == 0, f"next run {runs['fetch_prices'] % 3600} s past"
     assert runs["backfill_prices"] % 300 == 0  # every 5 minutes, on the UTC clock too
+
+
+def test_a_scheduler_takes_back_the_lock_a_round_that_lost_redis_left(redis_conn):
+    """The lock names its holder: a lock left by our own failed round must not keep us out."""
+    scheduler, other = make_scheduler(redis_conn), make_scheduler(redis_conn)
+    redis_conn.set(scheduler.scheduler_lock_key, scheduler.name, ex=10)  # left behind
+    assert not other.acquire_lock()
+    assert scheduler.acquire_lock()
+    scheduler.remove_lock()
+    assert other.acquire_lock()
+    assert not scheduler.acquire_lock()

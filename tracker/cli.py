@@ -1,6 +1,7 @@
 """Flask CLI commands: fetch once, backfill, worker, scheduler, run it all (up), seed history."""
 
 import io
+import logging
 import os
 import random
 import sys
@@ -13,9 +14,10 @@ from marshmallow import ValidationError
 from rq import SimpleWorker
 
 from tracker.extensions import db, fetch_queue, rq_connection
+from tracker.healing import REDIS_DOWN, DropRQConnectionErrors, RedisLink, exit_on_signals
 from tracker.jobs import backfill_prices, fetch_prices, iso
 from tracker.local import up
-from tracker.schedule import make_scheduler, periodic_jobs, reconcile
+from tracker.schedule import make_scheduler, periodic_jobs, run_schedule
 from tracker.schemas import TimeField
 
 
@@ -87,7 +89,7 @@ def backfill(tickers, since, until):
 
 
 class AppContextWorker(SimpleWorker):
-    """An RQ worker that runs each job in its own app context, in this process.
+    """An RQ worker running each job in its own app context, in this process; outlives Redis.
 
     No fork: the job is a short I/O burst once a minute, and running in-process keeps the
     database pool and Deribit's kept-alive connections (neither survives a fork safely).
@@ -95,6 +97,8 @@ class AppContextWorker(SimpleWorker):
     """
 
     flask_app = None
+    redis_link = None
+    stopping = False
 
     def _set_ip_address(self, connection):
         # The embedded Redis (fakeredis) answers CLIENT INFO in a form redis-py cannot parse;
@@ -104,20 +108,73 @@ class AppContextWorker(SimpleWorker):
         except ValueError:
             self.ip_address = "unknown"
 
+    def request_stop(self, signum, frame):
+        """RQ's warm shutdown, remembered: `flask worker` must not start the loop again."""
+        self.stopping = True
+        super().request_stop(signum, frame)
+
+    def heartbeat(self, timeout=None, pipeline=None):
+        """RQ's heartbeat; between jobs it first waits for Redis and registers again if needed.
+
+        RQ sends it before every wait for a job, also after a lost connection, so this is where
+        the worker waits out an outage (one line when Redis is lost, one when it is back).
+        """
+        if pipeline is None:  # not one of a job's own pipelined heartbeats
+            while True:
+                try:
+                    # A Redis that came back empty forgot this worker; RQ would carry on
+                    # unregistered (invisible to `rq info`), so register again.
+                    if not self.connection.exists(self.key):
+                        self.register_birth()
+                    break
+                except REDIS_DOWN as error:
+                    self.redis_link.lost(error)
+                    self.redis_link.wait()
+        super().heartbeat(timeout, pipeline)
+
     def execute_job(self, job, queue):
+        """Run the job in a fresh app context; Redis lost while recording it loses only that."""
         with self.flask_app.app_context():
-            return super().execute_job(job, queue)
+            try:
+                return super().execute_job(job, queue)
+            except REDIS_DOWN as error:
+                # The job itself ran; what failed is RQ marking it done or failed. Without this
+                # RQ would quit its loop. A job left "started" is cleaned up by RQ later.
+                self.redis_link.lost(error)
+
+    def teardown(self):
+        """RQ's teardown, except that Redis being away does not make it raise."""
+        try:
+            super().teardown()
+        except REDIS_DOWN:
+            # The registration expires on its own; stop the pub/sub thread RQ could not.
+            if self.pubsub_thread is not None:
+                self.pubsub_thread.stop()
 
 
 @click.command()
 @click.option("--burst", is_flag=True, help="Run the jobs already queued, then exit.")
 @with_appcontext
 def worker(burst):
-    """Run the RQ worker that executes the fetch jobs."""
+    """Run the RQ worker that executes the fetch jobs, until SIGINT/SIGTERM."""
     connection = rq_connection()
-    rq_worker = AppContextWorker([fetch_queue(connection)], connection=connection)
-    rq_worker.flask_app = current_app._get_current_object()
-    rq_worker.work(burst=burst, logging_level=current_app.config["LOG_LEVEL"])
+    link = RedisLink(connection, "worker")
+    logging.getLogger("rq.worker").addFilter(DropRQConnectionErrors())
+    while True:
+        try:
+            # Even this needs Redis: RQ names its connection on the server.
+            rq_worker = AppContextWorker([fetch_queue(connection)], connection=connection)
+            rq_worker.flask_app = current_app._get_current_object()
+            rq_worker.redis_link = link
+            rq_worker.work(burst=burst, logging_level=current_app.config["LOG_LEVEL"])
+            if burst or rq_worker.stopping:
+                return
+        except REDIS_DOWN as error:  # at start-up
+            link.lost(error)
+        # RQ quits its loop on a Redis error it does not retry itself: wait, then a new one.
+        # Meanwhile RQ's signal handlers belong to the worker that quit, so install ours.
+        exit_on_signals()
+        link.wait()
 
 
 @click.command()
@@ -130,13 +187,11 @@ def scheduler():
     os.environ["TZ"] = "UTC"
     time.tzset()
     connection = rq_connection()
-    rq_scheduler = make_scheduler(connection)
-    cancelled, scheduled = reconcile(rq_scheduler, periodic_jobs(current_app.config))
-    click.echo(
-        f"schedule: cron {current_app.config['FETCH_CRON']!r}"
-        f" scheduled={scheduled or '-'} cancelled={cancelled or '-'}"
+    run_schedule(
+        make_scheduler(connection),
+        periodic_jobs(current_app.config),
+        RedisLink(connection, "scheduler"),
     )
-    rq_scheduler.run()
 
 
 # Where each seeded random walk starts, in cents; other tickers start at 100.00.

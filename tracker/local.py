@@ -1,4 +1,7 @@
-"""`flask up`: the whole tracker on one machine (migrate, web, worker, scheduler) until Ctrl-C."""
+"""`flask up`: the whole tracker on one machine (migrate, web, worker, scheduler) until Ctrl-C.
+
+Laptop-only tools (fakeredis) are imported when `flask up` runs, not by every process.
+"""
 
 import os
 import signal
@@ -10,12 +13,16 @@ import time
 from pathlib import Path
 
 import click
-from fakeredis import TcpFakeServer
 from flask.cli import with_appcontext
 from flask_migrate import upgrade
 
 BIN = Path(sys.executable).parent
 FAKE_DERIBIT = Path("tests") / "fake_deribit.py"
+# A child that dies is started again after 1 s, doubling up to 30 s while it keeps dying soon
+# after each start; one that stayed up a minute starts from 1 s again.
+FIRST_RESTART_DELAY = 1.0
+MAX_RESTART_DELAY = 30.0
+STABLE_SECONDS = 60.0
 
 
 def start_embedded_redis():
@@ -24,6 +31,8 @@ def start_embedded_redis():
     The worker and scheduler still run as the separate processes they are in production and
     reach it over TCP, exactly as they would reach a real Redis.
     """
+    from fakeredis import TcpFakeServer  # only here: production processes never load it
+
     server = TcpFakeServer(("127.0.0.1", 0), server_type="redis")
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="embedded-redis", daemon=True).start()
@@ -37,6 +46,46 @@ def _free_port():
         return sock.getsockname()[1]
 
 
+class Child:
+    """One process `flask up` runs, started again with backoff whenever it dies."""
+
+    def __init__(self, name, argv, env):
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.process = None
+        self.started = None
+        self.delay = FIRST_RESTART_DELAY
+        self.restart_at = None
+
+    def start(self):
+        """Start (or start again) the process."""
+        self.process = subprocess.Popen(self.argv, env=self.env)
+        self.started = time.monotonic()
+        self.restart_at = None
+
+    def check(self):
+        """Notice a death (one line) and start the process again once its delay has passed."""
+        now = time.monotonic()
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                self.start()
+            return
+        code = self.process.poll()
+        if code is None:
+            return
+        lived = now - self.started
+        if lived >= STABLE_SECONDS:
+            self.delay = FIRST_RESTART_DELAY
+        click.echo(
+            f"{self.name} (pid {self.process.pid}) exited with code {code} after {lived:.0f} s;"
+            f" starting it again in {self.delay:g} s",
+            err=True,
+        )
+        self.restart_at = now + self.delay
+        self.delay = min(self.delay * 2, MAX_RESTART_DELAY)
+
+
 @click.command()
 @click.option("--port", default=8000, show_default=True, help="Web port on 127.0.0.1.")
 @click.option("--demo", is_flag=True, help="Fetch from a local fake Deribit (random walk).")
@@ -44,10 +93,13 @@ def _free_port():
 def up(port, demo):
     """Run everything locally until Ctrl-C: migrate, then web, worker and scheduler.
 
+    A process that dies is started again (after 1 s, doubling to 30 s if it keeps dying).
     Without REDIS_URL it serves an embedded Redis; without DATABASE_URL the database is a
     SQLite file under instance/. With --demo it also runs the tests' fake Deribit with
     random-walk prices and fetches every 5 s (unless FETCH_INTERVAL is set): no network needed.
     """
+    if _answers(port):
+        raise click.UsageError(f"port {port} is in use: stop what listens there or pass --port")
     env = {**os.environ, "GUNICORN_BIND": f"127.0.0.1:{port}"}
     env.setdefault("GUNICORN_WORKERS", "2")
     commands = {
@@ -75,21 +127,23 @@ def up(port, demo):
     # a shell that runs background jobs with SIGINT ignored (children inherit that).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    processes = {}
+    children = [Child(name, argv, env) for name, argv in commands.items()]
     try:
-        for name, argv in commands.items():
-            processes[name] = subprocess.Popen(argv, env=env)
+        for child in children:
+            child.start()
         while not _answers(port):  # print the address once it works
-            _check(processes)
+            for child in children:
+                child.check()
             time.sleep(0.2)
         click.echo(f"Swagger UI: http://127.0.0.1:{port}/docs  (Ctrl-C stops everything)", err=True)
         while True:
-            _check(processes)
+            for child in children:
+                child.check()
             time.sleep(0.5)
     except KeyboardInterrupt:
         click.echo("stopping web, worker and scheduler ...", err=True)
     finally:
-        _stop(processes.values())
+        _stop([child.process for child in children if child.process is not None])
         if embedded is not None:
             embedded.shutdown()
 
@@ -100,12 +154,6 @@ def _answers(port):
         return True
     except OSError:
         return False
-
-
-def _check(processes):
-    for name, process in processes.items():
-        if process.poll() is not None:
-            raise click.ClickException(f"{name} exited with code {process.returncode}")
 
 
 def _stop(processes, timeout=10):
