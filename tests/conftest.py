@@ -153,14 +153,23 @@ def make_app(base_config):
                 db.engine.dispose()
         truncate_prices(base_config["DATABASE_URL"])
         # An app built on another database (the PostgreSQL one while the SQLite run goes on,
-        # or it through a proxy) leaves rows there too: later tests of that run would read
-        # them. Databases a test made unreachable, or without the table, have nothing to clean.
-        for url in {app.config["SQLALCHEMY_DATABASE_URI"] for app in apps}:
-            if url != database_uri(base_config["DATABASE_URL"]):
+        # or it through a proxy, cleaned directly) leaves rows there too: later tests of that
+        # run would read them. Databases that do not exist or lack the table have none.
+        for url in {_direct(app.config["SQLALCHEMY_DATABASE_URI"]) for app in apps}:
+            if url != _direct(base_config["DATABASE_URL"]):
                 try:
                     truncate_prices(url)
                 except DBAPIError:
                     pass
+
+
+def _direct(database_url):
+    """A PostgreSQL URL on the test server itself, not through a proxy or a dead port."""
+    url = make_url(database_uri(database_url))
+    if url.get_backend_name() != "postgresql":
+        return url.render_as_string(hide_password=False)
+    server = make_url(ADMIN_DATABASE_URL)
+    return server.set(database=url.database).render_as_string(hide_password=False)
 
 
 def truncate_prices(database_url):
