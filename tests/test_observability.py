@@ -18,7 +18,6 @@ from tests.conftest import (
     read_log,
     start_redis,
     stop_process_group,
-    truncate_prices,
     wait_for_http,
 )
 from tests.fake_deribit import error_reply
@@ -175,9 +174,6 @@ def test_readyz_follows_postgres_going_down_and_coming_back(make_app, postgres_u
         with app.app_context():
             db.engine.dispose()
         proxy.shut()
-        # make_app wipes the database of this run's parameter, which may be SQLite: the rows
-        # stored here through the proxy are PostgreSQL's.
-        truncate_prices(postgres_url)
 
 
 def test_probes_are_documented_in_openapi(client):
