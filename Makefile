@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test lint bench install clean
+.PHONY: run demo test lint bench vendor install clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: install
 ## its floors with wrk on loopback (installed from Debian's packages if missing), prints a table.
 bench: install
 	$(BIN)/python -m tests.benchmark
+
+## Fetch the pinned third-party browser files into tracker/static/vendor/ (needs npm). They are
+## committed: run it only after changing a pin in the script.
+vendor:
+	scripts/vendor.sh
 
 lint: install
 	$(BIN)/ruff check .
