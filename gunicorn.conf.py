@@ -18,7 +18,13 @@ def _positive_int(name, default):
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 workers = _positive_int("GUNICORN_WORKERS", multiprocessing.cpu_count())
-threads = _positive_int("GUNICORN_THREADS", 1)
+# gthread, not sync: a browser opens connections it does not use at once (preconnects), and a
+# sync worker waits on each one until `timeout` kills it, so with a browser in front of
+# gunicorn (no proxy: `make run`) a page could stall for 30 s. A gthread worker parks a
+# connection that sends nothing in its poller (after 5 s; dropped after `keepalive`) and keeps
+# serving others with its threads, so browsers can be served directly.
+worker_class = "gthread"
+threads = _positive_int("GUNICORN_THREADS", 4)
 timeout = _positive_int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = _positive_int("GUNICORN_GRACEFUL_TIMEOUT", 20)
 keepalive = _positive_int("GUNICORN_KEEPALIVE", 5)

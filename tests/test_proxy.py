@@ -74,7 +74,12 @@ def test_only_the_trusted_hop_counts(make_app, deribit):
 
 def test_gunicorn_settings_come_from_the_environment(monkeypatch):
     def settings(**env):
-        for name in ["GUNICORN_ACCESS_LOG", "GUNICORN_FORWARDED_ALLOW_IPS", "GUNICORN_BIND"]:
+        for name in [
+            "GUNICORN_ACCESS_LOG",
+            "GUNICORN_FORWARDED_ALLOW_IPS",
+            "GUNICORN_BIND",
+            "GUNICORN_THREADS",
+        ]:
             monkeypatch.delenv(name, raising=False)
         for name, value in env.items():
             monkeypatch.setenv(name, value)
@@ -84,6 +89,8 @@ def test_gunicorn_settings_come_from_the_environment(monkeypatch):
     assert defaults["accesslog"] is None  # the app logs each request already
     assert defaults["forwarded_allow_ips"] == "127.0.0.1,::1"
     assert defaults["preload_app"] is True and defaults["control_socket_disable"] is True
+    # Threads, so a connection a browser opens and leaves idle does not stall a whole worker.
+    assert defaults["worker_class"] == "gthread" and defaults["threads"] == 4
     assert "%({x-request-id}i)s" in defaults["access_log_format"]
     assert "%(M)s" in defaults["access_log_format"]
     custom = settings(
