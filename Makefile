@@ -14,7 +14,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 install: $(STAMP)
 
-## Migrate, then run web (http://127.0.0.1:8000/docs), worker and scheduler until Ctrl-C.
+## Migrate, then run web (the page at http://127.0.0.1:8000/), worker and scheduler until Ctrl-C.
 ## No DATABASE_URL: SQLite under instance/. No REDIS_URL: an embedded Redis. Set them to use yours.
 run: install
 	$(BIN)/flask up

@@ -66,8 +66,10 @@ def create_app(test_config=None):
     cors.init_app(app, origins=app.config["CORS_ORIGINS"], **CORS_SETTINGS)
 
     from tracker.api import blp
+    from tracker.pages import bp as pages
 
     rest_api.register_blueprint(blp)
+    app.register_blueprint(pages)  # the chart page at /
     observability.init_app(app)  # /healthz, /readyz, /metrics; request ids and request log
     app.add_url_rule("/swagger-ui/<path:filename>", "swagger_ui_assets", _swagger_ui_asset)
     _register_error_handlers(app)

@@ -131,11 +131,15 @@ def up(port, demo):
     try:
         for child in children:
             child.start()
-        while not _answers(port):  # print the address once it works
+        while not _answers(port):  # print the addresses once they work
             for child in children:
                 child.check()
             time.sleep(0.2)
-        click.echo(f"Swagger UI: http://127.0.0.1:{port}/docs  (Ctrl-C stops everything)", err=True)
+        click.echo(
+            f"Prices and chart: http://127.0.0.1:{port}/  API docs: http://127.0.0.1:{port}/docs"
+            "  (Ctrl-C stops everything)",
+            err=True,
+        )
         while True:
             for child in children:
                 child.check()
