@@ -33,7 +33,8 @@ API_SETTINGS = {
     # Relative, so the page finds its assets under any path prefix a reverse proxy adds.
     "OPENAPI_SWAGGER_UI_URL": "swagger-ui/",
     "OPENAPI_REDOC_PATH": "redoc",
-    "OPENAPI_REDOC_URL": "https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js",
+    # Served by the app (pinned, scripts/vendor.sh), relative like Swagger UI's: no CDN.
+    "OPENAPI_REDOC_URL": "static/vendor/redoc/redoc.standalone.js",
 }
 
 # Read-only public data, no cookies: browsers on the allowed origins (CORS_ORIGINS) may read the
