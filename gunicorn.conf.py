@@ -20,11 +20,13 @@ bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 workers = _positive_int("GUNICORN_WORKERS", multiprocessing.cpu_count())
 # gthread, not sync: a browser opens connections it does not use at once (preconnects), and a
 # sync worker waits on each one until `timeout` kills it, so with a browser in front of
-# gunicorn (no proxy: `make run`) a page could stall for 30 s. A gthread worker parks a
-# connection that sends nothing in its poller (after 5 s; dropped after `keepalive`) and keeps
-# serving others with its threads, so browsers can be served directly.
+# gunicorn (no proxy: `make run`, compose's port 8000) a page could stall for 30 s. A gthread
+# thread waits at most 5 s on a connection that sends nothing, then parks it in the worker's
+# poller (dropped after `keepalive`), while the worker's other threads serve. Two threads: with
+# four, one worker ran more requests at once, and their contention for the GIL showed as p99
+# tails of 20-100 ms under `make bench` (docs/PERFORMANCE.md). `flask up` (make run) uses 4.
 worker_class = "gthread"
-threads = _positive_int("GUNICORN_THREADS", 4)
+threads = _positive_int("GUNICORN_THREADS", 2)
 timeout = _positive_int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = _positive_int("GUNICORN_GRACEFUL_TIMEOUT", 20)
 keepalive = _positive_int("GUNICORN_KEEPALIVE", 5)

@@ -57,12 +57,12 @@ def seed_history(app, count=3 * 1440, step=60):
 
 @pytest.fixture
 def start_web(spawn):
-    """Start gunicorn as `make run` does (gunicorn.conf.py, 2 workers), under the policy of
-    tests/csp_wsgi.py, with two connections open to it that send nothing.
+    """Start gunicorn as `make run` does (gunicorn.conf.py, 2 workers of 4 threads), under the
+    policy of tests/csp_wsgi.py, with two connections open to it that send nothing.
 
     Browsers open connections they do not use at once (preconnects); here they are made
     certain. A sync worker waits on such a connection until its 30 s timeout, so with one per
-    worker the page would never load; the settings of gunicorn.conf.py must serve it anyway.
+    worker the page would never load; `make run`'s settings must serve it at once anyway.
     """
     idle = []
 
@@ -71,7 +71,8 @@ def start_web(spawn):
         web = spawn(
             command("gunicorn", "tests.csp_wsgi:app"),
             GUNICORN_BIND=f"127.0.0.1:{port}",
-            GUNICORN_WORKERS=2,
+            GUNICORN_WORKERS=2,  # flask up's defaults (tracker/local.py)
+            GUNICORN_THREADS=4,
             **settings,
         )
         origin = f"http://127.0.0.1:{port}"

@@ -91,7 +91,7 @@ def test_gunicorn_settings_come_from_the_environment(monkeypatch):
     assert defaults["forwarded_allow_ips"] == "127.0.0.1,::1"
     assert defaults["preload_app"] is True and defaults["control_socket_disable"] is True
     # Threads, so a connection a browser opens and leaves idle does not stall a whole worker.
-    assert defaults["worker_class"] == "gthread" and defaults["threads"] == 4
+    assert defaults["worker_class"] == "gthread" and defaults["threads"] == 2
     assert "%({x-request-id}i)s" in defaults["access_log_format"]
     assert "%(M)s" in defaults["access_log_format"]
     custom = settings(
