@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test lint bench soak install clean
+.PHONY: run demo test lint bench soak vendor install clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 install: $(STAMP)
 
-## Migrate, then run web (http://127.0.0.1:8000/docs), worker and scheduler until Ctrl-C.
+## Migrate, then run web (the page at http://127.0.0.1:8000/), worker and scheduler until Ctrl-C.
 ## No DATABASE_URL: SQLite under instance/. No REDIS_URL: an embedded Redis. Set them to use yours.
 run: install
 	$(BIN)/flask up
@@ -37,6 +37,11 @@ bench: install
 ## Its own database tracker_soak and redis-server; `python -m tests.soak --help` for options.
 soak: install
 	$(BIN)/python -m tests.soak
+
+## Fetch the pinned third-party browser files into tracker/static/vendor/ (needs npm). They are
+## committed: run it only after changing a pin in the script.
+vendor:
+	scripts/vendor.sh
 
 lint: install
 	$(BIN)/ruff check .

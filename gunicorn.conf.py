@@ -18,13 +18,17 @@ def _positive_int(name, default):
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 workers = _positive_int("GUNICORN_WORKERS", multiprocessing.cpu_count())
-# gthread: each worker serves GUNICORN_THREADS requests at once. A CSV download streams for
-# seconds to minutes; with sync workers two downloads would hold both workers of a 2-CPU host
-# and /prices/latest would wait behind them, and a sync worker busy past `timeout` is killed
-# mid-download (gthread's main thread keeps heartbeating while its threads work).
-# Measured in docs/PERFORMANCE.md ("CSV downloads"). gunicorn runs gthread when threads > 1;
-# GUNICORN_THREADS=1 gives the sync worker.
-threads = _positive_int("GUNICORN_THREADS", 4)
+# gthread (any GUNICORN_THREADS above 1; 1 gives the sync worker), for two reasons. A browser
+# opens connections it does not use at once (preconnects), and a sync worker waits on each one
+# until `timeout` kills it, so with a browser in front of gunicorn (no proxy: `make run`,
+# compose's port 8000) a page could stall for 30 s; a gthread thread waits at most 5 s on a
+# connection that sends nothing, then parks it in the worker's poller. And a CSV download
+# streams for seconds to minutes: two of them would hold both sync workers of a 2-CPU host, and
+# /prices/latest would wait behind them (a sync worker busy past `timeout` is even killed
+# mid-download). Two threads, not four: with four, one worker ran more requests at once and
+# their contention for the GIL showed as p99 tails of 20-100 ms under `make bench`
+# (docs/PERFORMANCE.md). `flask up` (make run) uses 4.
+threads = _positive_int("GUNICORN_THREADS", 2)
 timeout = _positive_int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = _positive_int("GUNICORN_GRACEFUL_TIMEOUT", 20)
 keepalive = _positive_int("GUNICORN_KEEPALIVE", 5)

@@ -7,6 +7,7 @@ created for this run, migrated with the project's own migrations, and dropped at
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -196,6 +197,50 @@ def client(app):
 @pytest.fixture
 def runner(app):
     return app.test_cli_runner()
+
+
+def installed(name, hint):
+    """The path of an installed program, or skip the test without it.
+
+    Under CI (`CI=true`, which .ci/run sets) a missing program fails the test instead: CI
+    installs every program the suite needs, so a skip there would hide a test that never ran.
+    """
+    # /usr/sbin is where Debian puts nginx, and not on every user's PATH.
+    path = shutil.which(name, path=f"{os.environ.get('PATH', '')}:/usr/sbin")
+    if path is None:
+        message = f"{name} is not installed ({hint})"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{message}; CI must run this test")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory):
+    """One headless Chromium for the whole run (Debian's chromium and chromium-driver)."""
+    from tests.browser import start_chromium  # selenium only for the tests that use a browser
+
+    hint = "bash .ci/run installs Debian's chromium and chromium-driver"
+    driver = start_chromium(
+        installed("chromium", hint),
+        installed("chromedriver", hint),
+        tmp_path_factory.mktemp("chromium") / "chromedriver.log",
+    )
+    try:
+        yield driver
+    finally:
+        driver.quit()  # stops chromedriver, and the browser with it
+
+
+@pytest.fixture
+def browser(chromium):
+    """The session's Chromium with its logs emptied; left on a blank page afterwards."""
+    chromium.get_log("browser")
+    chromium.get_log("performance")
+    try:
+        yield chromium
+    finally:
+        chromium.get("about:blank")  # stops the page's timers before its server goes away
 
 
 def free_port():

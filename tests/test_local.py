@@ -73,7 +73,7 @@ def test_up_demo_runs_everything_offline_and_ctrl_c_leaves_no_process(spawn, tmp
     assert all(item["timestamp"] % 2 == 0 and item["price"] > 0 for item in latest.values())
     log = read_log(up)
     assert "embedded Redis at redis://127.0.0.1:" in log
-    assert f"Swagger UI: http://127.0.0.1:{port}/docs" in log
+    assert f"Prices and chart: {base}/  API docs: {base}/docs" in log
     assert requests.get(f"{base}/readyz", timeout=5).status_code == 200
 
     # Ctrl-C in a terminal: SIGINT to the whole foreground process group.

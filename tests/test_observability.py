@@ -18,6 +18,7 @@ from tests.conftest import (
     read_log,
     start_redis,
     stop_process_group,
+    truncate_prices,
     wait_for_http,
 )
 from tests.fake_deribit import error_reply
@@ -174,6 +175,9 @@ def test_readyz_follows_postgres_going_down_and_coming_back(make_app, postgres_u
         with app.app_context():
             db.engine.dispose()
         proxy.shut()
+        # Stored in PostgreSQL whichever database this run's make_app wipes (SQLite, too): a row
+        # left here would be another test's "first price".
+        truncate_prices(postgres_url)
 
 
 def test_probes_are_documented_in_openapi(client):

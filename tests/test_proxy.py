@@ -1,9 +1,7 @@
 """Behind a reverse proxy: ProxyFix, and the real nginx of docs/nginx.conf in front of gunicorn."""
 
-import os
 import re
 import runpy
-import shutil
 import time
 from decimal import Decimal
 from types import SimpleNamespace
@@ -11,8 +9,11 @@ from urllib.parse import urljoin
 
 import pytest
 import requests
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.conftest import ROOT, command, free_port, read_log, wait_for_http
+from tests.browser import console_errors, requested_urls
+from tests.conftest import ROOT, command, free_port, installed, read_log, wait_for_http
 from tracker.models import insert_prices
 
 T0 = 1795176000  # 2026-11-20T12:00:00Z
@@ -74,7 +75,12 @@ def test_only_the_trusted_hop_counts(make_app, deribit):
 
 def test_gunicorn_settings_come_from_the_environment(monkeypatch):
     def settings(**env):
-        for name in ["GUNICORN_ACCESS_LOG", "GUNICORN_FORWARDED_ALLOW_IPS", "GUNICORN_BIND"]:
+        for name in [
+            "GUNICORN_ACCESS_LOG",
+            "GUNICORN_FORWARDED_ALLOW_IPS",
+            "GUNICORN_BIND",
+            "GUNICORN_THREADS",
+        ]:
             monkeypatch.delenv(name, raising=False)
         for name, value in env.items():
             monkeypatch.setenv(name, value)
@@ -84,6 +90,8 @@ def test_gunicorn_settings_come_from_the_environment(monkeypatch):
     assert defaults["accesslog"] is None  # the app logs each request already
     assert defaults["forwarded_allow_ips"] == "127.0.0.1,::1"
     assert defaults["preload_app"] is True and defaults["control_socket_disable"] is True
+    # Threads, so a connection a browser opens and leaves idle does not stall a whole worker.
+    assert defaults["worker_class"] == "gthread" and defaults["threads"] == 2
     assert "%({x-request-id}i)s" in defaults["access_log_format"]
     assert "%(M)s" in defaults["access_log_format"]
     custom = settings(
@@ -136,10 +144,7 @@ http {{
 @pytest.fixture
 def proxy(app, spawn, tmp_path):
     """gunicorn (TRUSTED_PROXIES=1) behind nginx under /tracker/; yields nginx's origin URL."""
-    # /usr/sbin is where Debian puts it, and not on every user's PATH.
-    nginx = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
-    if nginx is None:
-        pytest.skip("nginx is not installed (bash .ci/run installs Debian's nginx)")
+    nginx = installed("nginx", "bash .ci/run installs Debian's nginx")
     web_port, proxy_port = free_port(), free_port()
     web = spawn(
         command("gunicorn", "wsgi:app"),
@@ -238,3 +243,18 @@ def test_request_id_and_duration_reach_the_gunicorn_access_log(proxy):
         time.sleep(0.1)
     assert re.search(given, log), log
     assert re.search(made, log), log
+
+
+def test_chart_page_works_under_the_prefix_in_a_browser(app, proxy, browser):
+    """The page, its files and its API calls all go through nginx under /tracker/ (Chromium)."""
+    seed(app, 3)
+    latest = requests.get(f"{proxy.origin}/tracker/api/v1/prices/latest?ticker=btc_usd", timeout=5)
+    browser.get(f"{proxy.origin}/tracker/")
+    price = (By.CSS_SELECTOR, '[data-ticker="btc_usd"] .price')
+    WebDriverWait(browser, 15).until(lambda d: d.find_element(*price).text == "80002.5")
+    assert latest.json()["price"] == 80002.5
+    urls = [url for url in requested_urls(browser) if not url.startswith("data:")]
+    assert all(url.startswith(f"{proxy.origin}/tracker/") for url in urls), urls
+    for path in ["static/chart.js", "static/page.css", "api/v1/tickers", "api/v1/prices?"]:
+        assert any(url.startswith(f"{proxy.origin}/tracker/{path}") for url in urls), path
+    assert console_errors(browser) == []

@@ -34,7 +34,8 @@ API_SETTINGS = {
     # Relative, so the page finds its assets under any path prefix a reverse proxy adds.
     "OPENAPI_SWAGGER_UI_URL": "swagger-ui/",
     "OPENAPI_REDOC_PATH": "redoc",
-    "OPENAPI_REDOC_URL": "https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js",
+    # Served by the app (pinned, scripts/vendor.sh), relative like Swagger UI's: no CDN.
+    "OPENAPI_REDOC_URL": "static/vendor/redoc/redoc.standalone.js",
 }
 
 # Read-only public data, no cookies: browsers on the allowed origins (CORS_ORIGINS) may read the
@@ -67,8 +68,10 @@ def create_app(test_config=None):
     cors.init_app(app, origins=app.config["CORS_ORIGINS"], **CORS_SETTINGS)
 
     from tracker.api import blp
+    from tracker.pages import bp as pages
 
     rest_api.register_blueprint(blp)
+    app.register_blueprint(pages)  # the chart page at /
     observability.init_app(app)  # /healthz, /readyz, /metrics; request ids and request log
     app.add_url_rule("/swagger-ui/<path:filename>", "swagger_ui_assets", _swagger_ui_asset)
     _register_error_handlers(app)

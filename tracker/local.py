@@ -102,6 +102,9 @@ def up(port, demo):
         raise click.UsageError(f"port {port} is in use: stop what listens there or pass --port")
     env = {**os.environ, "GUNICORN_BIND": f"127.0.0.1:{port}"}
     env.setdefault("GUNICORN_WORKERS", "2")
+    # Only a person's browser talks to it: threads to spare for the connections a browser opens
+    # and leaves silent (each holds a thread up to 5 s), no load to make them contend.
+    env.setdefault("GUNICORN_THREADS", "4")
     commands = {
         "web": [str(BIN / "gunicorn"), "wsgi:app"],
         "worker": [str(BIN / "flask"), "worker"],
@@ -131,11 +134,15 @@ def up(port, demo):
     try:
         for child in children:
             child.start()
-        while not _answers(port):  # print the address once it works
+        while not _answers(port):  # print the addresses once they work
             for child in children:
                 child.check()
             time.sleep(0.2)
-        click.echo(f"Swagger UI: http://127.0.0.1:{port}/docs  (Ctrl-C stops everything)", err=True)
+        click.echo(
+            f"Prices and chart: http://127.0.0.1:{port}/  API docs: http://127.0.0.1:{port}/docs"
+            "  (Ctrl-C stops everything)",
+            err=True,
+        )
         while True:
             for child in children:
                 child.check()
