@@ -20,7 +20,6 @@ from tests.conftest import ROOT, command, free_port, wait_for_http
 from tracker.models import insert_prices
 
 TRADINGVIEW = "https://www.tradingview.com/"
-LINE_COLOUR = (0x29, 0x62, 0xFF)  # chart.js: the line of the fallback (prices) chart
 CANDLE_COLOURS = [(0x26, 0xA6, 0x9A), (0xEF, 0x53, 0x50)]  # lightweight-charts' up and down
 # ReDoc 2.x always shows Redocly's logo from its CDN; the page's policy blocks the request
 # (templates/redoc.html), which Chromium reports as an error. Nothing else may be reported.
@@ -31,10 +30,6 @@ REDOC_LOGO_BLOCKED = re.compile(r"'https://cdn\.redoc\.ly/redoc/logo-mini\.svg' 
 def database_url(postgres_url):
     """These pages only read the API, whose own tests run on both databases: one is enough."""
     return postgres_url
-
-
-def has_candles(app):
-    return any(rule.rule == "/api/v1/candles" for rule in app.url_map.iter_rules())
 
 
 def seed_history(app, count=3 * 1440, step=60):
@@ -133,8 +128,6 @@ def test_page_links_everything_relative_and_runs_no_inline_code(app, client):
     assert {"docs", "redoc", "static/chart.js"} <= set(local)
     for url in local:
         assert client.get(urljoin("http://localhost/", url)).status_code == 200, url
-    source = "candles" if has_candles(app) else "prices"
-    assert f'data-chart-source="{source}"' in response.text
 
 
 def test_vendored_files_match_their_pins():
@@ -166,7 +159,7 @@ def test_chart_page_in_a_browser(make_app, start_web, browser, tmp_path):
     seed_history(app)
     origin = start_web()
     browser.get(f"{origin}/")
-    colours = CANDLE_COLOURS if has_candles(app) else [LINE_COLOUR]
+    colours = CANDLE_COLOURS
     wait(browser, lambda: count_pixels(browser, "#chart", colours) > 500, message="no chart")
     for ticker in ("btc_usd", "eth_usd"):
         assert shown_price(browser, ticker) == exact_latest(origin, ticker)
@@ -184,13 +177,8 @@ def test_chart_page_in_a_browser(make_app, start_web, browser, tmp_path):
     wait(browser, lambda: count_pixels(browser, "#chart", colours) > 500, message="no chart")
     assert browser.current_url.endswith("#eth_usd/1w")
     urls = requested_urls(browser)
-    # A week of which three days are stored, in at most 500 candles: 15 minutes each. The
-    # fallback asks for the raw prices.
-    wanted = (
-        "api/v1/candles?ticker=eth_usd&interval=15m&"
-        if has_candles(app)
-        else ("api/v1/prices?ticker=eth_usd&")
-    )
+    # A week of which three days are stored, in at most 500 candles: 15 minutes each.
+    wanted = "api/v1/candles?ticker=eth_usd&interval=15m&"
     assert any(url.startswith(f"{origin}/{wanted}") for url in urls), urls
     assert off_host(urls, origin) == []
     assert console_errors(browser) == []

@@ -16,7 +16,6 @@
     "1h": "hourly", "4h": "4-hour", "1d": "daily", "1w": "weekly",
   };
 
-  const chartSource = document.body.dataset.chartSource; // "candles", or "prices" (older server)
   const elements = {
     tickers: document.getElementById("tickers"),
     status: document.getElementById("status"),
@@ -37,9 +36,7 @@
     rightPriceScale: { borderColor: "#d6dae1" },
     timeScale: { borderColor: "#d6dae1", timeVisible: true, secondsVisible: false },
   });
-  const series = chartSource === "candles"
-    ? chart.addSeries(LightweightCharts.CandlestickSeries, {})
-    : chart.addSeries(LightweightCharts.LineSeries, { color: "#2962ff", lineWidth: 2 });
+  const series = chart.addSeries(LightweightCharts.CandlestickSeries, {});
 
   // Prices keep their exact digits: the reviver's source text (where the browser supports
   // it) is "86955.70", where a JavaScript number would print 86955.7.
@@ -186,18 +183,11 @@
     elements.title.textContent = summary.ticker.replace("_", " / ").toUpperCase();
     let points;
     try {
-      if (chartSource === "candles") {
-        const body = await getJSON(
-          `api/v1/candles?ticker=${ticker}&interval=${name}&from=${from}&limit=1000`);
-        points = body.items.reverse().map((c) =>
-          ({ time: c.time, open: +c.open, high: +c.high, low: +c.low, close: +c.close }));
-        elements.note.textContent = `${INTERVAL_NAMES[name]} candles, times in UTC`;
-      } else {
-        // A server without /api/v1/candles: a line through the newest 1000 prices of the range.
-        const body = await getJSON(`api/v1/prices?ticker=${ticker}&from=${from}&limit=1000`);
-        points = body.items.reverse().map((p) => ({ time: p.timestamp, value: +p.price }));
-        elements.note.textContent = "prices as stored (this server has no candles), times in UTC";
-      }
+      const body = await getJSON(
+        `api/v1/candles?ticker=${ticker}&interval=${name}&from=${from}&limit=1000`);
+      points = body.items.reverse().map((c) =>
+        ({ time: c.time, open: +c.open, high: +c.high, low: +c.low, close: +c.close }));
+      elements.note.textContent = `${INTERVAL_NAMES[name]} candles, times in UTC`;
     } catch (error) {
       if (request === chartRequest) {
         elements.note.textContent = `Chart unavailable: ${error.message}`;
