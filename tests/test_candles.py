@@ -34,6 +34,19 @@ def test_a_candle_is_first_highest_lowest_last_and_count_with_the_stored_digits(
     assert response.json["interval"] == "1h" and response.json["next_cursor"] is None
 
 
+def test_equal_prices_stored_with_different_digits_pick_the_latest_high_and_earliest_low(
+    app, client
+):
+    # 100.5 = 100.50 and 1.10 = 1.1 as numbers, not as text: which row wins decides the digits.
+    # The high is the latest of its equals, the low the earliest.
+    values = ["50", "100.5", "1.10", "100.50", "1.1", "60"]
+    seed(app, "btc_usd", [DAY + 60 * i for i in range(6)], price=prices(values))
+    response = client.get(f"{CANDLES}&interval=1h&to={DAY}")
+    assert response.status_code == 200, response.json
+    text = response.get_data(as_text=True)
+    assert '"open":50,"high":100.50,"low":1.10,"close":60,"count":6' in text, text
+
+
 @pytest.mark.parametrize(
     ("interval", "width", "first_bucket"),
     [

@@ -239,10 +239,13 @@ def _engine_options(database_url, statement_timeout_ms):
     # Fail fast instead of hanging a request when PostgreSQL is down or a query runs away;
     # pre-ping replaces connections a database restart has killed (the writes' pool keeps it:
     # one round trip a minute; the API's read pool retries instead, see models.read).
+    # JIT off: our statements are index range reads whose estimates are often far too high
+    # (a candle bucket's range has bounds the planner cannot see), and compiling them took up
+    # to 280 ms of a 10 ms query (docs/PERFORMANCE.md).
     return {
         "pool_pre_ping": True,
         "connect_args": {
             "connect_timeout": 3,
-            "options": f"-c statement_timeout={statement_timeout_ms}",
+            "options": f"-c statement_timeout={statement_timeout_ms} -c jit=off",
         },
     }
