@@ -90,6 +90,21 @@ class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = StrictQueryParser()
 
 
+def _exactly_null_branch(converter, field, ret, **kwargs):
+    """A nullable nested schema as "that schema or null", not "that schema or any object".
+
+    apispec writes it `anyOf: [{type: object, nullable: true}, {$ref}]`, whose first branch
+    accepts every object: a validator then accepts anything, and a generated client parses a
+    PricePoint as an anonymous object. `enum: [null]` narrows that branch to null alone
+    (OpenAPI 3.0.3's way to say "or null" next to a $ref).
+    """
+    branches = ret.get("anyOf", [])
+    if {"type": "object", "nullable": True} not in branches:
+        return {}
+    references = [branch for branch in branches if "$ref" in branch]
+    return {"anyOf": [*references, {"type": "object", "nullable": True, "enum": [None]}]}
+
+
 class TrackerApi(Api):
     """flask-smorest's Api, with the spec our clients and their tools need.
 
@@ -111,6 +126,7 @@ class TrackerApi(Api):
             return describe(config, ret) if describe else {}
 
         self.ma_plugin.converter.add_attribute_function(configured_properties)
+        self.ma_plugin.converter.add_attribute_function(_exactly_null_branch)
 
     def _register_responses(self):
         super()._register_responses()

@@ -17,10 +17,12 @@ from tracker.queries import INTERVALS, bucket_start
 MIN_TIME = 0
 MAX_TIME = 253402300799
 TIME_HELP = "UNIX seconds (1763928000) or ISO 8601 (2026-11-23, 2026-11-23T20:00:00Z)"
-# The forms of TIME_HELP, for the spec (fromisoformat() takes a few more, e.g. week dates).
+# The forms of TIME_HELP within the range the API accepts (1970..9999), for the spec: a fuzzer
+# or a client generator builds values from it. fromisoformat() takes a few more (week dates).
 TIME_PATTERN = (
-    r"^([0-9]{1,12}|[0-9]{4}-[0-9]{2}-[0-9]{2}"
-    r"([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?)$"
+    r"^([0-9]{1,12}|(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?"
+    r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)?)$"
 )
 # A UNIX time in milliseconds (13 digits: 2001-09-09 .. 2286-11-20), which JavaScript's
 # Date.now() and many exchanges give: as seconds it would be tens of thousands of years away.
@@ -213,7 +215,7 @@ class TickerArgsSchema(Schema):
     )
 
 
-class TickerPriceArgsSchema(TickerArgsSchema, PriceFormatArgsSchema):
+class TickerPriceArgsSchema(PriceFormatArgsSchema, TickerArgsSchema):
     """`ticker` and `price_format`: the arguments of /prices/latest."""
 
 
