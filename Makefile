@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Redocly CLI, pinned (it needs Node.js >= 20.19); npx fetches it on first use.
+REDOCLY := @redocly/cli@2.77.0
 
-.PHONY: run demo test lint bench soak vendor install clean
+.PHONY: run demo test lint lint-spec bench soak vendor install clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,5 +49,11 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+## The OpenAPI spec as the app builds it, linted with Redocly's recommended rules (redocly.yaml).
+lint-spec: install
+	mkdir -p build
+	FLASK_APP=wsgi $(BIN)/flask openapi write build/openapi.json
+	npx --yes $(REDOCLY) lint build/openapi.json
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache build

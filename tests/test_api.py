@@ -63,6 +63,38 @@ def test_prices_come_back_digit_for_digit_as_json_numbers(app, client, raw):
         assert f'"price":{raw},' in text, (url, text)
 
 
+@pytest.mark.parametrize("raw", ["86955.73", "0.00001234", "123456789012.123456789", "2950.10"])
+def test_price_format_string_writes_the_same_digits_as_json_strings(app, client, raw):
+    # Clients that read JSON numbers as floats (most, pandas, generated clients) lose digits
+    # of 123456789012.123456789; as a string it arrives whole.
+    seed(app, "btc_usd", [DAY], price=lambda i: Decimal(raw))
+    as_strings = {
+        "/api/v1/prices/latest?ticker=btc_usd": f'"price":"{raw}",',
+        f"/api/v1/prices/at?ticker=btc_usd&timestamp={DAY}": f'"price":"{raw}",',
+        "/api/v1/prices?ticker=btc_usd": f'"price":"{raw}",',
+        "/api/v1/prices/by-date?ticker=btc_usd&date=2026-11-23": f'"price":"{raw}",',
+        f"/api/v1/candles?ticker=btc_usd&interval=1d&to={DAY}": (
+            f'"open":"{raw}","high":"{raw}","low":"{raw}","close":"{raw}",'
+        ),
+        "/api/v1/prices/stats?ticker=btc_usd": f'"first":{{"price":"{raw}",',
+        "/api/v1/tickers?": f'"price":"{raw}",',
+    }
+    for url, expected in as_strings.items():
+        response = client.get(f"{url}&price_format=string")
+        assert response.status_code == 200, (url, response.json)
+        text = response.get_data(as_text=True)
+        assert expected in text, (url, text)
+        # The default is still a number with the same digits.
+        assert expected.replace('"', "").split(":", 1)[1] in client.get(url).text.replace('"', "")
+    stats = client.get("/api/v1/prices/stats?ticker=btc_usd&price_format=string").json
+    assert stats["mean"] == str(Decimal(raw).quantize(Decimal("1E-8")))
+    assert (stats["change"], stats["change_percent"]) == (str(Decimal(raw) * 0), "0.0000")
+    assert stats["count"] == 1 and stats["from"] is None  # only decimals change form
+    # CSV has no JSON types: the same either way.
+    csv = "/api/v1/prices?ticker=btc_usd&format=csv"
+    assert client.get(f"{csv}&price_format=string").text == client.get(csv).text
+
+
 # --- /prices/latest and /prices/at -------------------------------------------------------------
 
 
@@ -227,6 +259,20 @@ OTHER_TICKER_CURSOR = encode_cursor("eth_usd", DAY)
         ("/api/v1/prices/at?ticker=btc_usd&timestamp=1e9", "timestamp", "Not a valid time"),
         ("/api/v1/prices/at?ticker=btc_usd&timestamp=" + "9" * 5000, "timestamp", "Not a valid"),
         ("/api/v1/prices?ticker=btc_usd&to=1969-12-31T23:59:59.5Z", "to", "out of range"),
+        # Strict input: a parameter given twice is an error, not "the first one wins".
+        ("/api/v1/prices?ticker=btc_usd&ticker=eth_usd", "ticker", "Given 2 times: give it once"),
+        ("/api/v1/prices?ticker=btc_usd&limit=5&limit=5", "limit", "give it once"),
+        ("/api/v1/candles?ticker=btc_usd&interval=1h&interval=1d", "interval", "give it once"),
+        ("/api/v1/tickers?price_format=string&price_format=string", "price_format", "give it"),
+        # Milliseconds (Date.now(), most exchanges) say so instead of "out of range".
+        (
+            "/api/v1/prices/at?ticker=btc_usd&timestamp=1763928000000",
+            "timestamp",
+            "looks like milliseconds; use seconds (1763928000)",
+        ),
+        ("/api/v1/prices?ticker=btc_usd&from=1763928000123", "from", "looks like milliseconds"),
+        ("/api/v1/prices/by-date?ticker=btc_usd&date=23.11.2026", "date", "use YYYY-MM-DD"),
+        ("/api/v1/prices/latest?ticker=btc_usd&price_format=float", "price_format", "Must be one"),
     ],
 )
 def test_bad_input_is_a_422_that_names_the_field(client, url, field, says):
@@ -337,7 +383,8 @@ def test_openapi_documents_every_endpoint_parameter_and_error(client):
     # The operations endpoints (/healthz, ...) are checked in test_observability.py.
     api_paths = {path: item for path, item in spec["paths"].items() if path.startswith("/api/")}
     tickers = api_paths.pop("/api/v1/tickers")["get"]  # the one endpoint without `ticker`
-    assert "parameters" not in tickers and {"200", "503"} <= set(tickers["responses"])
+    assert [p["name"] for p in tickers["parameters"]] == ["price_format"]
+    assert {"200", "422", "503"} <= set(tickers["responses"])
     assert tickers["responses"]["200"]["content"]["application/json"]["example"]["tickers"]
     assert set(api_paths) == {
         "/api/v1/prices",
@@ -357,14 +404,16 @@ def test_openapi_documents_every_endpoint_parameter_and_error(client):
         assert {"200", "422", "503"} <= set(operation["responses"]), path
         ok = operation["responses"]["200"]["content"]["application/json"]
         assert ok["example"]["ticker"] == "btc_usd", path
+        # Every endpoint that answers prices can write them as strings; the gaps have none.
+        assert ("price_format" in params) is (path != "/api/v1/prices/gaps"), path
     prices = spec["paths"]["/api/v1/prices"]["get"]
-    assert {"ticker", "limit", "cursor", "from", "to", "source", "format"} == {
+    assert {"ticker", "limit", "cursor", "from", "to", "source", "format", "price_format"} == {
         p["name"] for p in prices["parameters"]
     }
     assert "Link" in prices["responses"]["200"]["headers"]
     assert "404" in spec["paths"]["/api/v1/prices/latest"]["get"]["responses"]
     candles = spec["paths"]["/api/v1/candles"]["get"]
-    assert {"ticker", "interval", "limit", "cursor", "from", "to", "format"} == {
+    assert {"ticker", "interval", "limit", "cursor", "from", "to", "format", "price_format"} == {
         p["name"] for p in candles["parameters"]
     }
     # The paged endpoints also answer CSV: documented as the 200's other media type.

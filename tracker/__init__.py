@@ -24,6 +24,20 @@ __all__ = ["ConfigError", "create_app"]
 
 SWAGGER_UI_DIST = Path(flask_swagger_ui.__file__).parent / "dist"
 
+API_DESCRIPTION = """\
+Deribit index prices, one observation per tracked ticker per FETCH_INTERVAL (a minute by
+default), stored with the exact digits Deribit sent.
+
+- **Times** (`from`, `to`, `timestamp`) are UNIX seconds or ISO 8601; a date alone or a time
+  without an offset is UTC. Milliseconds are refused with a hint.
+- **Prices** are JSON numbers with their exact digits; `price_format=string` writes them as
+  JSON strings instead, for clients that read JSON numbers as floating point.
+- **Strict input:** a missing, unknown, repeated or invalid query parameter is a 422 whose
+  `errors` names each parameter and says what is wrong.
+- **Pages** are keyset-paginated: follow `next_cursor` or the `Link` header. `/prices`,
+  `/prices/by-date` and `/candles` also answer the whole range as CSV (`format=csv`).
+"""
+
 API_SETTINGS = {
     "API_TITLE": "Deribit price tracker",
     "API_VERSION": "v1",
@@ -36,6 +50,18 @@ API_SETTINGS = {
     "OPENAPI_REDOC_PATH": "redoc",
     # Served by the app (pinned, scripts/vendor.sh), relative like Swagger UI's: no CDN.
     "OPENAPI_REDOC_URL": "static/vendor/redoc/redoc.standalone.js",
+    "API_SPEC_OPTIONS": {
+        "info": {
+            "description": API_DESCRIPTION,
+            "contact": {"name": "The Deribit price tracker's maintainers"},
+            # The repository states no licence (no LICENSE file): MIT is assumed, to be confirmed.
+            "license": {"name": "MIT", "url": "https://opensource.org/licenses/MIT"},
+        },
+        # Public read-only data: no operation needs credentials.
+        "security": [],
+        # What `flask openapi write` puts in the file; /openapi.json names the request's prefix.
+        "servers": [{"url": "/"}],
+    },
 }
 
 # Read-only public data, no cookies: browsers on the allowed origins (CORS_ORIGINS) may read the

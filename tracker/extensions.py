@@ -1,5 +1,9 @@
-"""Extensions, created unbound and bound in create_app(); Redis and queue factories."""
+"""Extensions, created unbound and bound in create_app(); the API's parser and error schema;
+Redis and queue factories."""
 
+from http import HTTPStatus
+
+import flask_smorest
 import simplejson
 from flask import current_app, json, request
 from flask.json.provider import DefaultJSONProvider
@@ -7,11 +11,13 @@ from flask_cors import CORS
 from flask_migrate import Migrate
 from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
+from marshmallow import Schema, ValidationError, fields
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from rq import Queue
 from sqlalchemy import MetaData
+from webargs.flaskparser import FlaskParser
 
 # Stable constraint names, so Alembic migrations name them the same on every database.
 NAMING_CONVENTION = {
@@ -25,8 +31,127 @@ NAMING_CONVENTION = {
 QUEUE_NAME = "prices"
 
 
-class PrefixAwareApi(Api):
-    """flask-smorest's Api, whose /openapi.json names the URL prefix the request came through."""
+class ErrorSchema(Schema):
+    """Every error's body, as the Api writes it (handle_http_exception)."""
+
+    code = fields.Integer(required=True, metadata={"description": "The HTTP status code."})
+    status = fields.String(required=True, metadata={"description": "Its reason phrase."})
+    message = fields.String(
+        metadata={"description": "What is wrong. A 422 says it in `errors` instead."}
+    )
+    errors = fields.Dict(
+        keys=fields.String(),
+        values=fields.Dict(keys=fields.String(), values=fields.List(fields.String())),
+        metadata={
+            "description": "422 only: for each location (`query`), each parameter at fault"
+            " and what is wrong with it.",
+            "example": {"query": {"ticker": ["Unknown ticker 'doge_usd'."]}},
+        },
+    )
+
+
+# What a 422 looks like, shown in the spec next to the Error schema.
+VALIDATION_ERROR_EXAMPLE = {
+    "code": 422,
+    "status": "Unprocessable Entity",
+    "errors": {
+        "query": {
+            "ticker": ["Unknown ticker 'doge_usd'. Tracked tickers: btc_usd, eth_usd."],
+            "limit": ["Must be greater than or equal to 1 and less than or equal to 1000."],
+        }
+    },
+}
+
+
+class StrictQueryParser(FlaskParser):
+    """webargs' parser, refusing a single-valued query parameter given more than once.
+
+    webargs would take the first of `ticker=btc_usd&ticker=eth_usd` and ignore the rest: a
+    client's mistake answered with data it did not ask for. Parameters declared as lists
+    (none yet) may repeat.
+    """
+
+    def load_querystring(self, req, schema):
+        args = super().load_querystring(req, schema)  # webargs' proxy: knows the list fields
+        known = {field.data_key or name for name, field in schema.fields.items()}
+        repeated = {
+            name: [f"Given {len(req.args.getlist(name))} times: give it once."]
+            for name in req.args
+            if name in known and name not in args.multiple_keys and len(req.args.getlist(name)) > 1
+        }
+        if repeated:
+            raise ValidationError(repeated)
+        return args
+
+
+class Blueprint(flask_smorest.Blueprint):
+    """flask-smorest's Blueprint, parsing query arguments with StrictQueryParser."""
+
+    ARGUMENTS_PARSER = StrictQueryParser()
+
+
+def _exactly_null_branch(converter, field, ret, **kwargs):
+    """A nullable nested schema as "that schema or null", not "that schema or any object".
+
+    apispec writes it `anyOf: [{type: object, nullable: true}, {$ref}]`, whose first branch
+    accepts every object: a validator then accepts anything, and a generated client parses a
+    PricePoint as an anonymous object. `enum: [null]` narrows that branch to null alone
+    (OpenAPI 3.0.3's way to say "or null" next to a $ref).
+    """
+    branches = ret.get("anyOf", [])
+    if {"type": "object", "nullable": True} not in branches:
+        return {}
+    references = [branch for branch in branches if "$ref" in branch]
+    return {"anyOf": [*references, {"type": "object", "nullable": True, "enum": [None]}]}
+
+
+class TrackerApi(Api):
+    """flask-smorest's Api, with the spec our clients and their tools need.
+
+    - /openapi.json names the URL prefix the request came through.
+    - Fields whose values depend on the configuration (the tracked tickers, the intervals
+      FETCH_INTERVAL allows) or that have two JSON forms (prices) document themselves through
+      an `openapi_properties(config, ret)` method, read when each app builds its spec.
+    - Errors are documented with our ErrorSchema, the 422 with an example.
+    """
+
+    ERROR_SCHEMA = ErrorSchema
+
+    def _init_spec(self, **kwargs):
+        super()._init_spec(**kwargs)
+        config = self._app.config
+
+        def configured_properties(converter, field, ret, **kwargs):
+            describe = getattr(field, "openapi_properties", None)
+            return describe(config, ret) if describe else {}
+
+        self.ma_plugin.converter.add_attribute_function(configured_properties)
+        self.ma_plugin.converter.add_attribute_function(_exactly_null_branch)
+
+    def _register_responses(self):
+        super()._register_responses()
+        # flask-smorest registers one response per status lazily (only the referenced ones
+        # appear); registering 422 again replaces that entry with one that has an example.
+        self.spec.components.response(
+            HTTPStatus(422).name,  # named as flask-smorest names it
+            {
+                "description": "A query parameter is missing, unknown, repeated or invalid:"
+                " `errors` names each one and says why.",
+                "content": {
+                    "application/json": {
+                        "schema": self.ERROR_SCHEMA,
+                        "example": VALIDATION_ERROR_EXAMPLE,
+                    }
+                },
+            },
+            lazy=True,
+        )
+
+    def _register_pagination_header(self):
+        """Nothing: flask-smorest's pagination (and its PaginationMetadata schema) is unused.
+
+        The API pages with cursors (PricePageSchema, CandlePageSchema) instead.
+        """
 
     def _openapi_json(self):
         # flask-smorest builds the spec once, but the prefix is per request: behind a proxy at
@@ -41,7 +166,7 @@ class PrefixAwareApi(Api):
 
 db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING_CONVENTION))
 migrate = Migrate()
-api = PrefixAwareApi()
+api = TrackerApi()
 cors = CORS()
 
 

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 
 from flask import Response, current_app, g, has_request_context, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -22,8 +21,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
+from tracker.extensions import Blueprint, db, redis_connection
 from tracker.extensions import api as rest_api
-from tracker.extensions import db, redis_connection
 from tracker.models import DAY_SECONDS, latest_price, missing_slots, window_slots
 from tracker.schemas import HealthSchema, ReadinessSchema
 
@@ -226,14 +225,20 @@ def fetch_counts():
 
 @blp.route("/healthz")
 class Health(MethodView):
+    @blp.doc(operationId="health")
     @blp.response(200, HealthSchema)
     def get(self):
-        """Liveness: the process answers. No I/O, so a database outage never restarts it."""
+        """Liveness: the process answers. No I/O, so a database outage never restarts it.
+
+        Always `{"status": "ok"}` while the web process serves requests: restart it when this
+        fails. Whether it can do its job is /readyz.
+        """
         return {"status": "ok"}
 
 
 @blp.route("/readyz")
 class Readiness(MethodView):
+    @blp.doc(operationId="readiness")
     @blp.response(200, ReadinessSchema, description="Database, Redis and prices are fine.")
     @blp.alt_response(503, schema=ReadinessSchema, description="At least one check failed.")
     def get(self):
@@ -296,12 +301,13 @@ def _first_line(exc):
 @blp.route("/metrics")
 class Metrics(MethodView):
     @blp.doc(
+        operationId="metrics",
         responses={
             "200": {
                 "description": "Prometheus text format.",
                 "content": {"text/plain": {"schema": {"type": "string"}}},
             }
-        }
+        },
     )
     def get(self):
         """Prometheus metrics: HTTP requests, fetches and their failures, age of the newest prices.

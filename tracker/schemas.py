@@ -17,6 +17,18 @@ from tracker.queries import INTERVALS, bucket_start
 MIN_TIME = 0
 MAX_TIME = 253402300799
 TIME_HELP = "UNIX seconds (1763928000) or ISO 8601 (2026-11-23, 2026-11-23T20:00:00Z)"
+# The forms of TIME_HELP within the range the API accepts (1970..9999), for the spec: a fuzzer
+# or a client generator builds values from it. fromisoformat() takes a few more (week dates).
+TIME_PATTERN = (
+    r"^([0-9]{1,12}|(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?"
+    r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)?)$"
+)
+# A UNIX time in milliseconds (13 digits: 2001-09-09 .. 2286-11-20), which JavaScript's
+# Date.now() and many exchanges give: as seconds it would be tens of thousands of years away.
+MILLISECONDS = range(10**12, 10**13)
+# An exact decimal as text: what str() of a stored price gives.
+DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?(E[+-]?[0-9]+)?$"
 CURSOR_RE = re.compile(r"([a-z0-9]+_[a-z0-9]+):(\d{1,12})")
 # "...T01:00:00 01:00": a "+01:00" offset whose "+" an unencoded query string turned into a space.
 SPACED_OFFSET_RE = re.compile(r"(\d{4}-\d\d-\d\d[T ]\d\d:\d\d(?::\d\d(?:\.\d+)?)?) (\d\d:\d\d)")
@@ -30,6 +42,8 @@ def error_body(status, message):
 # What the paged endpoints answer in: pages of JSON, or the whole range as CSV.
 FORMATS = ("json", "csv")
 CSV_MIMETYPE = "text/csv"
+# How JSON answers write prices: as numbers (86955.73) or strings ("86955.73").
+PRICE_FORMATS = ("number", "string")
 
 
 def _format(data):
@@ -41,7 +55,14 @@ def _format(data):
 
 
 class TickerField(fields.String):
-    """A tracked ticker, case-insensitive; loads as its lower-case name."""
+    """A tracked ticker, case-insensitive; loads as its lower-case name.
+
+    The spec lists the tracked tickers (TICKERS) as its enum, so Swagger UI offers them in a
+    drop-down and client generators and fuzzers send names that exist.
+    """
+
+    def openapi_properties(self, config, ret):
+        return {"enum": list(config["TICKERS"])}
 
     def _deserialize(self, value, attr, data, **kwargs):
         ticker = super()._deserialize(value, attr, data, **kwargs).strip().lower()
@@ -57,11 +78,12 @@ class TimeField(fields.Field):
     """A moment as UNIX seconds or ISO 8601 (naive times and bare dates are UTC); loads as int.
 
     A fractional ISO time is rounded down, or up with `round_up` (a range's start), so a
-    bound never lets in a second it excludes.
+    bound never lets in a second it excludes. Milliseconds are refused with a hint.
     """
 
-    def __init__(self, *, round_up=False, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, *, round_up=False, metadata=None, **kwargs):
+        metadata = {"type": "string", "pattern": TIME_PATTERN, **(metadata or {})}
+        super().__init__(metadata=metadata, **kwargs)
         self.round_up = round_up
 
     def _deserialize(self, value, attr, data, **kwargs):
@@ -78,6 +100,10 @@ class TimeField(fields.Field):
                 moment = moment.replace(tzinfo=UTC)
             seconds = moment.timestamp()
             timestamp = math.ceil(seconds) if self.round_up else math.floor(seconds)
+        if timestamp in MILLISECONDS:
+            raise ValidationError(
+                f"Time {text!r} looks like milliseconds; use seconds ({timestamp // 1000})."
+            )
         if not MIN_TIME <= timestamp <= MAX_TIME:
             raise ValidationError(
                 f"Time {text!r} is out of range: it must lie between "
@@ -93,6 +119,9 @@ def encode_cursor(ticker, timestamp):
 
 class CursorField(fields.String):
     """A next_cursor from a previous page; loads as (ticker, timestamp)."""
+
+    def openapi_properties(self, config, ret):
+        return {"pattern": "^[A-Za-z0-9_-]+$"}  # base64url, unpadded
 
     default_error_messages = {
         "invalid_cursor": "Invalid cursor: pass the next_cursor of a previous page unchanged."
@@ -110,6 +139,70 @@ class CursorField(fields.String):
         return match[1], int(match[2])
 
 
+class IntervalField(fields.String):
+    """A candle interval (INTERVALS); the spec lists the ones FETCH_INTERVAL allows."""
+
+    def __init__(self, **kwargs):
+        super().__init__(validate=validate.OneOf(INTERVALS), **kwargs)
+
+    def openapi_properties(self, config, ret):
+        allowed = [name for name, width in INTERVALS.items() if width >= config["FETCH_INTERVAL"]]
+        return {"enum": allowed}
+
+
+class PriceField(fields.Decimal):
+    """An exact price (or a value computed exactly from prices): a JSON number by default, a
+    JSON string with `price_format=string`; the same digits either way.
+
+    A view that was asked for strings hands over str() of the Decimal, which is written as
+    it is; a Decimal is written as a number (ExactJSONProvider keeps its digits).
+    """
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        if isinstance(value, str):
+            return value
+        return super()._serialize(value, attr, obj, **kwargs)
+
+    def openapi_properties(self, config, ret):
+        # Either JSON type, so one schema fits both answers; in OpenAPI 3.0 `nullable`
+        # applies to a `type` next to it, so a nullable price says it in both branches.
+        nullable = {"nullable": True} if ret.pop("nullable", False) else {}
+        ret.pop("type", None)
+        return {
+            "anyOf": [
+                {"type": "number", **nullable},
+                {"type": "string", "pattern": DECIMAL_PATTERN, **nullable},
+            ]
+        }
+
+
+def as_price_format(value, price_format):
+    """A Decimal as the client asked: itself (a JSON number) or its exact digits as text."""
+    if value is None or price_format == "number":
+        return value
+    return str(value)
+
+
+class NoArgsSchema(Schema):
+    """No query parameters: any is an error, as on every endpoint (strict input)."""
+
+
+class PriceFormatArgsSchema(Schema):
+    """The `price_format` parameter of every endpoint that answers prices."""
+
+    price_format = fields.String(
+        load_default="number",
+        validate=validate.OneOf(PRICE_FORMATS),
+        metadata={
+            "description": "How JSON answers write prices (and the statistics computed from"
+            ' them): `number` (86955.73, the default) or `string` ("86955.73"), with the same'
+            " digits. Strings keep every digit for clients that parse JSON numbers as"
+            " floating point (most do). CSV is not affected.",
+            "example": "string",
+        },
+    )
+
+
 class TickerArgsSchema(Schema):
     """The `ticker` query parameter every endpoint takes."""
 
@@ -122,7 +215,11 @@ class TickerArgsSchema(Schema):
     )
 
 
-class PageArgsSchema(TickerArgsSchema):
+class TickerPriceArgsSchema(PriceFormatArgsSchema, TickerArgsSchema):
+    """`ticker` and `price_format`: the arguments of /prices/latest."""
+
+
+class PageArgsSchema(TickerPriceArgsSchema):
     """Keyset pagination (`limit`, the `cursor` of the previous page), or the whole range as CSV."""
 
     limit = fields.Integer(
@@ -180,7 +277,6 @@ class PriceQueryArgsSchema(PageArgsSchema):
         metadata={
             "description": f"Only prices at or after this time: {TIME_HELP}.",
             "example": "2026-11-23",
-            "type": "string",
         },
     )
     end = TimeField(
@@ -188,7 +284,6 @@ class PriceQueryArgsSchema(PageArgsSchema):
         metadata={
             "description": f"Only prices at or before this time: {TIME_HELP}.",
             "example": "2026-11-24T00:00:00Z",
-            "type": "string",
         },
     )
 
@@ -213,11 +308,12 @@ class ByDateArgsSchema(PageArgsSchema):
     date = fields.Date(
         required=True,
         validate=validate.Range(min=date(1970, 1, 1), max=date(9999, 12, 31)),
+        error_messages={"invalid": "Not a valid date: use YYYY-MM-DD (2026-11-23)."},
         metadata={"description": "A UTC day, YYYY-MM-DD.", "example": "2026-11-23"},
     )
 
 
-class PriceAtArgsSchema(TickerArgsSchema):
+class PriceAtArgsSchema(TickerPriceArgsSchema):
     """Arguments of /prices/at: ticker and a moment."""
 
     timestamp = TimeField(
@@ -225,18 +321,29 @@ class PriceAtArgsSchema(TickerArgsSchema):
         metadata={
             "description": f"The moment: {TIME_HELP}.",
             "example": "1763928000",
-            "type": "string",
         },
     )
 
 
-class PriceSchema(Schema):
+class ResponseSchema(Schema):
+    """A response body. Its fields are always present (null when they have no value), so
+    all are required: the spec's `required` lists, which client generators turn into
+    non-optional attributes. A field that may be left out says so: metadata `optional`.
+    """
+
+    def on_bind_field(self, field_name, field_obj):
+        if not field_obj.metadata.get("optional"):
+            field_obj.required = True
+
+
+class PriceSchema(ResponseSchema):
     """One stored observation."""
 
     ticker = fields.String(metadata={"example": "btc_usd"})
-    price = fields.Decimal(
+    price = PriceField(
         metadata={
-            "description": "The index price exactly as Deribit sent it (a JSON number).",
+            "description": "The index price exactly as Deribit sent it: a JSON number, or a"
+            " string with `price_format=string`.",
             "example": 86955.73,
         }
     )
@@ -257,7 +364,7 @@ class PriceSchema(Schema):
     )
 
 
-class PricePageSchema(Schema):
+class PricePageSchema(ResponseSchema):
     """A page of observations, newest first."""
 
     ticker = fields.String(metadata={"example": "btc_usd"})
@@ -277,7 +384,6 @@ class GapsArgsSchema(TickerArgsSchema):
         metadata={
             "description": f"Start of the range: {TIME_HELP}. Default: 24 hours before `to`.",
             "example": "2026-11-23",
-            "type": "string",
         },
     )
     end = TimeField(
@@ -285,7 +391,6 @@ class GapsArgsSchema(TickerArgsSchema):
         metadata={
             "description": f"End of the range (inclusive): {TIME_HELP}. Default: now.",
             "example": "2026-11-24T00:00:00Z",
-            "type": "string",
         },
     )
     limit = fields.Integer(
@@ -307,9 +412,8 @@ class GapsArgsSchema(TickerArgsSchema):
 class CandleArgsSchema(PageArgsSchema):
     """Arguments of /candles: ticker, interval, optional inclusive range of bucket starts, pages."""
 
-    interval = fields.String(
+    interval = IntervalField(
         required=True,
-        validate=validate.OneOf(INTERVALS),
         metadata={
             "description": "Bucket width: " + ", ".join(f"`{name}`" for name in INTERVALS) + "."
             " Buckets are aligned to the UTC epoch: `1d` starts at 00:00 UTC, `1w` on Monday"
@@ -323,7 +427,6 @@ class CandleArgsSchema(PageArgsSchema):
         metadata={
             "description": f"Only candles whose bucket starts at or after this time: {TIME_HELP}.",
             "example": "2026-11-01",
-            "type": "string",
         },
     )
     end = TimeField(
@@ -332,7 +435,6 @@ class CandleArgsSchema(PageArgsSchema):
             "description": f"Only candles whose bucket starts at or before this time: {TIME_HELP}."
             " Default: now (the bucket still open is included, `complete: false`).",
             "example": "2026-11-30",
-            "type": "string",
         },
     )
 
@@ -356,7 +458,7 @@ class CandleArgsSchema(PageArgsSchema):
             raise ValidationError("`from` must not be after `to`.", "from")
 
 
-class StatsArgsSchema(TickerArgsSchema):
+class StatsArgsSchema(TickerPriceArgsSchema):
     """Arguments of /prices/stats: ticker and an optional inclusive time range."""
 
     start = TimeField(
@@ -365,7 +467,6 @@ class StatsArgsSchema(TickerArgsSchema):
         metadata={
             "description": f"Start of the range: {TIME_HELP}. Default: the first price.",
             "example": "2026-01-01",
-            "type": "string",
         },
     )
     end = TimeField(
@@ -373,7 +474,6 @@ class StatsArgsSchema(TickerArgsSchema):
         metadata={
             "description": f"End of the range (inclusive): {TIME_HELP}. Default: now.",
             "example": "2026-12-31T23:59:59Z",
-            "type": "string",
         },
     )
 
@@ -383,18 +483,18 @@ class StatsArgsSchema(TickerArgsSchema):
             raise ValidationError("`from` must not be after `to`.", "from")
 
 
-class CandleSchema(Schema):
+class CandleSchema(ResponseSchema):
     """One candle: the observations of one bucket."""
 
     time = fields.Integer(
         metadata={"description": "Start of the bucket, UNIX seconds.", "example": 1763924400}
     )
-    open = fields.Decimal(
+    open = PriceField(
         metadata={"description": "The bucket's first price, exact.", "example": 86955.73}
     )
-    high = fields.Decimal(metadata={"description": "Its highest price.", "example": 87010.5})
-    low = fields.Decimal(metadata={"description": "Its lowest price.", "example": 86890.1})
-    close = fields.Decimal(metadata={"description": "Its last price so far.", "example": 86990.02})
+    high = PriceField(metadata={"description": "Its highest price.", "example": 87010.5})
+    low = PriceField(metadata={"description": "Its lowest price.", "example": 86890.1})
+    close = PriceField(metadata={"description": "Its last price so far.", "example": 86990.02})
     count = fields.Integer(
         metadata={"description": "Prices stored in the bucket, live and backfilled.", "example": 60}
     )
@@ -403,7 +503,7 @@ class CandleSchema(Schema):
     )
 
 
-class CandlePageSchema(Schema):
+class CandlePageSchema(ResponseSchema):
     """A page of candles, newest first."""
 
     ticker = fields.String(metadata={"example": "btc_usd"})
@@ -415,14 +515,14 @@ class CandlePageSchema(Schema):
     )
 
 
-class PricePointSchema(Schema):
+class PricePointSchema(ResponseSchema):
     """A price and when it was observed."""
 
-    price = fields.Decimal(metadata={"example": 86955.73})
+    price = PriceField(metadata={"example": 86955.73})
     timestamp = fields.Integer(metadata={"example": 1763928000})
 
 
-class PriceStatsSchema(Schema):
+class PriceStatsSchema(ResponseSchema):
     """Statistics of a ticker's prices in a range; every value is null when it holds none."""
 
     ticker = fields.String(metadata={"example": "btc_usd"})
@@ -445,7 +545,7 @@ class PriceStatsSchema(Schema):
         allow_none=True,
         metadata={"description": "The highest price, and the first time it was reached."},
     )
-    mean = fields.Decimal(
+    mean = PriceField(
         allow_none=True,
         metadata={
             "description": "The arithmetic mean of the prices: their exact sum / count, rounded"
@@ -453,11 +553,11 @@ class PriceStatsSchema(Schema):
             "example": 86912.41234568,
         },
     )
-    change = fields.Decimal(
+    change = PriceField(
         allow_none=True,
         metadata={"description": "last - first, exact.", "example": 34.29},
     )
-    change_percent = fields.Decimal(
+    change_percent = PriceField(
         allow_none=True,
         metadata={
             "description": "(last - first) / first x 100, rounded half-even to 4 decimal places.",
@@ -466,7 +566,7 @@ class PriceStatsSchema(Schema):
     )
 
 
-class GapSchema(Schema):
+class GapSchema(ResponseSchema):
     """A run of consecutive slots with no stored price."""
 
     start = fields.Integer(
@@ -479,7 +579,7 @@ class GapSchema(Schema):
     missing_slots = fields.Integer(metadata={"description": "How many slots are missing."})
 
 
-class CoverageSchema(Schema):
+class CoverageSchema(ResponseSchema):
     """How many of the expected slots hold a price."""
 
     expected_slots = fields.Integer(
@@ -516,11 +616,11 @@ class RecentCoverageSchema(CoverageSchema):
     backfill_slots = fields.Integer(metadata={"description": "Slots filled by the backfill."})
 
 
-class TickerSummarySchema(Schema):
+class TickerSummarySchema(ResponseSchema):
     """A tracked ticker: its newest price, how far back it goes, how complete the last day is."""
 
     ticker = fields.String(metadata={"example": "btc_usd"})
-    price = fields.Decimal(
+    price = PriceField(
         allow_none=True,
         metadata={"description": "The newest price, exact; null while none is stored."},
     )
@@ -535,27 +635,29 @@ class TickerSummarySchema(Schema):
     coverage_24h = fields.Nested(RecentCoverageSchema)
 
 
-class TickerListSchema(Schema):
+class TickerListSchema(ResponseSchema):
     """Every tracked ticker (TICKERS), in configuration order."""
 
     interval = fields.Integer(metadata={"description": "FETCH_INTERVAL: seconds per slot."})
     tickers = fields.List(fields.Nested(TickerSummarySchema))
 
 
-class HealthSchema(Schema):
+class HealthSchema(ResponseSchema):
     """The process is alive."""
 
     status = fields.String(metadata={"example": "ok"})
 
 
-class CheckSchema(Schema):
+class CheckSchema(ResponseSchema):
     """One readiness check: whether it passed, and why not."""
 
     ok = fields.Boolean()
-    error = fields.String(metadata={"description": "Why the check failed; absent when ok."})
+    error = fields.String(
+        metadata={"description": "Why the check failed; absent when ok.", "optional": True}
+    )
 
 
-class TickerFreshnessSchema(Schema):
+class TickerFreshnessSchema(ResponseSchema):
     """The newest stored price of one ticker."""
 
     timestamp = fields.Integer(
@@ -568,10 +670,14 @@ class PricesCheckSchema(CheckSchema):
     """Every tracked ticker has a price younger than max_age_seconds (3 x FETCH_INTERVAL)."""
 
     max_age_seconds = fields.Integer(metadata={"example": 180})
-    tickers = fields.Dict(keys=fields.String(), values=fields.Nested(TickerFreshnessSchema))
+    tickers = fields.Dict(
+        keys=fields.String(),
+        values=fields.Nested(TickerFreshnessSchema),
+        metadata={"description": "Absent when the database failed.", "optional": True},
+    )
 
 
-class ReadinessChecksSchema(Schema):
+class ReadinessChecksSchema(ResponseSchema):
     """The three readiness checks."""
 
     database = fields.Nested(CheckSchema)
@@ -579,7 +685,7 @@ class ReadinessChecksSchema(Schema):
     prices = fields.Nested(PricesCheckSchema)
 
 
-class ReadinessSchema(Schema):
+class ReadinessSchema(ResponseSchema):
     """Whether the service can do its job, check by check."""
 
     status = fields.String(metadata={"description": "`ready` or `unavailable`."})

@@ -1,9 +1,8 @@
 """The REST API under /api/v1: one flask-smorest blueprint, its views by subject in this package."""
 
-from flask_smorest import Blueprint
-from flask_smorest.error_handler import ErrorSchema
 from marshmallow import RAISE
 
+from tracker.extensions import Blueprint, ErrorSchema
 from tracker.schemas import error_body
 
 blp = Blueprint(
@@ -22,7 +21,8 @@ LINK_HEADER = {
 
 
 def query_args(schema):
-    """Parse query arguments strictly: an unknown parameter is an error, not silently ignored."""
+    """Parse query arguments strictly: an unknown or repeated parameter is an error (422), not
+    silently ignored (see StrictQueryParser)."""
     # An instance, not the class: webargs would build a new schema on every request.
     return blp.arguments(schema(), location="query", unknown=RAISE, as_kwargs=False)
 

@@ -52,6 +52,7 @@ CANDLES_CSV_EXAMPLE = (
 
 @blp.route("/candles")
 class Candles(MethodView):
+    @blp.doc(operationId="listCandles")
     @query_args(CandleArgsSchema)
     @blp.response(200, CandlePageSchema, example=CANDLES_EXAMPLE, headers=LINK_HEADER)
     @csv_documented(CANDLES_CSV_EXAMPLE)
@@ -66,7 +67,7 @@ class Candles(MethodView):
         `from`/`to` select candles by the start of their bucket, and each covers its whole
         bucket. The bucket holding the current time is `complete: false`. CSV (`format=csv`
         or `Accept: text/csv`): every candle of the range, `time,open,high,low,close,count,
-        complete` lines, newest first.
+        complete` lines, newest first. `price_format=string` writes the prices as strings.
         """
         width = INTERVALS[args["interval"]]
         now = time.time()
@@ -93,5 +94,6 @@ class Candles(MethodView):
         if "cursor" in args:
             high = min(high, args["cursor"][1] - 1)
         candles, older = candle_page(args["ticker"], width, low, high, args["limit"])
-        items = [CANDLE_JSON % (*candle, complete(candle[0])) for candle in candles]
+        template = CANDLE_JSON[args["price_format"]]
+        items = [template % (*candle, complete(candle[0])) for candle in candles]
         return page_response(args, items, older, f'"interval":"{args["interval"]}",')

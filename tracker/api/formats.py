@@ -11,9 +11,24 @@ from tracker.schemas import CSV_MIMETYPE, encode_cursor
 # [a-z0-9_] name, the timestamp an int, and str() of the Decimal price is its exact digits,
 # which is what simplejson writes for a Decimal too. Building a dict per row and encoding it
 # took 1.46 ms of a 1,000-row page; this takes 0.25 ms (docs/PERFORMANCE.md).
-PRICE_JSON = '{"ticker":"%s","price":%s,"timestamp":%d,"source":"%s"}'
+PRICE_NUMBER_JSON = '{"ticker":"%s","price":%s,"timestamp":%d,"source":"%s"}'
 # One candle, the same way: (time, open, high, low, close, count, complete as true/false).
-CANDLE_JSON = '{"time":%d,"open":%s,"high":%s,"low":%s,"close":%s,"count":%d,"complete":%s}'
+CANDLE_NUMBER_JSON = '{"time":%d,"open":%s,"high":%s,"low":%s,"close":%s,"count":%d,"complete":%s}'
+
+
+def _quoted(template, *names):
+    """`template` with the values of `names` written as JSON strings: "price":"86955.73"."""
+    for name in names:
+        template = template.replace(f'"{name}":%s', f'"{name}":"%s"')
+    return template
+
+
+# The templates by `price_format`: prices as JSON numbers (default) or as strings.
+PRICE_JSON = {"number": PRICE_NUMBER_JSON, "string": _quoted(PRICE_NUMBER_JSON, "price")}
+CANDLE_JSON = {
+    "number": CANDLE_NUMBER_JSON,
+    "string": _quoted(CANDLE_NUMBER_JSON, "open", "high", "low", "close"),
+}
 # The same fields as CSV lines, in the same order, with the same digits.
 PRICE_CSV_HEADER = "ticker,price,timestamp,source\n"
 PRICE_CSV = "%s,%s,%d,%s\n"

@@ -17,7 +17,13 @@ from tracker.models import (
     stored_slots,
     window_slots,
 )
-from tracker.schemas import GapReportSchema, GapsArgsSchema, TickerListSchema
+from tracker.schemas import (
+    GapReportSchema,
+    GapsArgsSchema,
+    PriceFormatArgsSchema,
+    TickerListSchema,
+    as_price_format,
+)
 
 GAPS_EXAMPLE = {
     "ticker": "btc_usd",
@@ -39,6 +45,7 @@ GAPS_EXAMPLE = {
 
 @blp.route("/prices/gaps")
 class PriceGaps(MethodView):
+    @blp.doc(operationId="getPriceGaps")
     @query_args(GapsArgsSchema)
     @blp.response(200, GapReportSchema, example=GAPS_EXAMPLE)
     @documented_errors
@@ -95,9 +102,11 @@ TICKERS_EXAMPLE = {
 
 @blp.route("/tickers")
 class Tickers(MethodView):
+    @blp.doc(operationId="listTickers")
+    @query_args(PriceFormatArgsSchema)
     @blp.response(200, TickerListSchema, example=TICKERS_EXAMPLE)
     @documented_errors
-    def get(self):
+    def get(self, args):
         """Every tracked ticker: newest price and its age, first timestamp, last day's coverage.
 
         The only endpoint without a `ticker` parameter. Coverage counts the slots of the last
@@ -114,7 +123,7 @@ class Tickers(MethodView):
             summaries.append(
                 {
                     "ticker": ticker,
-                    "price": row[1] if row else None,
+                    "price": as_price_format(row[1], args["price_format"]) if row else None,
                     "timestamp": row[2] if row else None,
                     "source": row[3] if row else None,
                     "age_seconds": int(now) - row[2] if row else None,

@@ -5,7 +5,6 @@ from decimal import ROUND_HALF_EVEN, Context, Decimal
 
 from flask.views import MethodView
 from flask_smorest import abort
-from flask_smorest.error_handler import ErrorSchema
 
 from tracker.api import LINK_HEADER, blp, csv_documented, documented_errors, query_args
 from tracker.api.formats import (
@@ -17,6 +16,7 @@ from tracker.api.formats import (
     json_response,
     page_response,
 )
+from tracker.extensions import ErrorSchema
 from tracker.models import LAST, latest_price, price_at, price_page, price_range, stream
 from tracker.queries import range_stats
 from tracker.schemas import (
@@ -27,7 +27,8 @@ from tracker.schemas import (
     PriceSchema,
     PriceStatsSchema,
     StatsArgsSchema,
-    TickerArgsSchema,
+    TickerPriceArgsSchema,
+    as_price_format,
     encode_cursor,
     error_body,
 )
@@ -45,7 +46,8 @@ PRICES_CSV_EXAMPLE = (
 
 def prices_response(args, rows, has_more):
     """A page of prices as JSON (PricePageSchema's shape), with a Link to the next one."""
-    items = [PRICE_JSON % row for row in rows]
+    template = PRICE_JSON[args["price_format"]]
+    items = [template % row for row in rows]
     return page_response(args, items, rows[-1][2] if has_more else None)
 
 
@@ -63,6 +65,7 @@ def _before(args):
 
 @blp.route("/prices")
 class Prices(MethodView):
+    @blp.doc(operationId="listPrices")
     @query_args(PriceQueryArgsSchema)
     @blp.response(200, PricePageSchema, example=PAGE_EXAMPLE, headers=LINK_HEADER)
     @csv_documented(PRICES_CSV_EXAMPLE)
@@ -90,7 +93,8 @@ class Prices(MethodView):
 
 @blp.route("/prices/latest")
 class LatestPrice(MethodView):
-    @query_args(TickerArgsSchema)
+    @blp.doc(operationId="getLatestPrice")
+    @query_args(TickerPriceArgsSchema)
     @blp.response(200, PriceSchema, example=PRICE_EXAMPLE)
     @blp.alt_response(
         404,
@@ -100,21 +104,32 @@ class LatestPrice(MethodView):
     )
     @documented_errors
     def get(self, args):
-        """The newest stored price of a ticker."""
+        """The newest stored price of a ticker.
+
+        The price of the newest slot holding one, live or backfilled: with a fetch every
+        FETCH_INTERVAL it is at most that old while the worker runs (/tickers gives its age).
+        404 until the first price of the ticker is stored.
+        """
         row = latest_price(args["ticker"])
         if row is None:
             abort(404, message=f"No price stored for {args['ticker']} yet.")
-        return json_response(PRICE_JSON % tuple(row))
+        return json_response(PRICE_JSON[args["price_format"]] % tuple(row))
 
 
 @blp.route("/prices/by-date")
 class PricesByDate(MethodView):
+    @blp.doc(operationId="listPricesByDate")
     @query_args(ByDateArgsSchema)
     @blp.response(200, PricePageSchema, example=PAGE_EXAMPLE, headers=LINK_HEADER)
     @csv_documented(PRICES_CSV_EXAMPLE)
     @documented_errors
     def get(self, args):
-        """The prices of one UTC day, newest first, paginated like /prices (or CSV, like it)."""
+        """The prices of one UTC day, newest first, paginated like /prices (or CSV, like it).
+
+        `date` is a day in UTC, 00:00:00 to 23:59:59. Follow `next_cursor` (or the `Link`
+        header) for older prices of that day; `format=csv` (or `Accept: text/csv`) answers the
+        whole day in one streamed download, named after the ticker and the day.
+        """
         start = int(datetime.combine(args["date"], datetime.min.time(), UTC).timestamp())
         if args["format"] == "csv":
             filename = f"{args['ticker']}_{args['date'].isoformat()}.csv"
@@ -131,6 +146,7 @@ class PricesByDate(MethodView):
 
 @blp.route("/prices/at")
 class PriceAt(MethodView):
+    @blp.doc(operationId="getPriceAt")
     @query_args(PriceAtArgsSchema)
     @blp.response(200, PriceSchema, example=PRICE_EXAMPLE)
     @blp.alt_response(
@@ -141,14 +157,19 @@ class PriceAt(MethodView):
     )
     @documented_errors
     def get(self, args):
-        """The price as of a moment: the newest observation at or before `timestamp`."""
+        """The price as of a moment: the newest observation at or before `timestamp`.
+
+        However old it is: a price stored at 12:00 is the price at 12:30 if nothing was stored
+        in between (/prices/gaps says whether anything is missing). 404 when the ticker has no
+        price at or before the moment.
+        """
         row = price_at(args["ticker"], args["timestamp"])
         if row is None:
             abort(
                 404,
                 message=f"No price stored for {args['ticker']} at or before {args['timestamp']}.",
             )
-        return json_response(PRICE_JSON % tuple(row))
+        return json_response(PRICE_JSON[args["price_format"]] % tuple(row))
 
 
 STATS_EXAMPLE = {
@@ -172,6 +193,7 @@ PERCENT_PLACES = Decimal("1E-4")
 
 @blp.route("/prices/stats")
 class PriceStats(MethodView):
+    @blp.doc(operationId="getPriceStats")
     @query_args(StatsArgsSchema)
     @blp.response(200, PriceStatsSchema, example=STATS_EXAMPLE)
     @documented_errors
@@ -182,6 +204,7 @@ class PriceStats(MethodView):
         rounded half-even to 8 decimal places; the change in % is (last - first) / first x 100,
         rounded half-even to 4 decimal places. Computed in the database in one statement;
         with no price in the range, count is 0 and everything else null.
+        `price_format=string` writes prices, mean, change and change in % as strings.
         """
         stats = range_stats(args["ticker"], args.get("start", 0), args.get("end", LAST))
         mean = change = percent = None
@@ -194,17 +217,20 @@ class PriceStats(MethodView):
             percent = EXACT.divide(EXACT.multiply(change, 100), first).quantize(
                 PERCENT_PLACES, ROUND_HALF_EVEN, EXACT
             )
+        price_format = args["price_format"]
         return {
             "ticker": args["ticker"],
             "start": args.get("start"),
             "end": args.get("end"),
             "count": stats["count"],
-            **{name: _point(stats[name]) for name in ("first", "last", "min", "max")},
-            "mean": mean,
-            "change": change,
-            "change_percent": percent,
+            **{name: _point(stats[name], price_format) for name in ("first", "last", "min", "max")},
+            "mean": as_price_format(mean, price_format),
+            "change": as_price_format(change, price_format),
+            "change_percent": as_price_format(percent, price_format),
         }
 
 
-def _point(found):
-    return None if found is None else {"price": found[1], "timestamp": found[0]}
+def _point(found, price_format):
+    if found is None:
+        return None
+    return {"price": as_price_format(found[1], price_format), "timestamp": found[0]}
