@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test lint security audit bench install clean
+.PHONY: run demo test lint security audit bench soak install clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ test: install
 ## its floors with wrk on loopback (installed from Debian's packages if missing), prints a table.
 bench: install
 	$(BIN)/python -m tests.benchmark
+
+## The soak (docs/RELIABILITY.md): the real processes at FETCH_INTERVAL=1 for 10 minutes under
+## random faults (Redis, PostgreSQL, a worker, Deribit down or sending garbage), then a report.
+## Its own database tracker_soak and redis-server; `python -m tests.soak --help` for options.
+soak: install
+	$(BIN)/python -m tests.soak
 
 lint: install
 	$(BIN)/ruff check .

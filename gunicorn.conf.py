@@ -18,7 +18,13 @@ def _positive_int(name, default):
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 workers = _positive_int("GUNICORN_WORKERS", multiprocessing.cpu_count())
-threads = _positive_int("GUNICORN_THREADS", 1)
+# gthread: each worker serves GUNICORN_THREADS requests at once. A CSV download streams for
+# seconds to minutes; with sync workers two downloads would hold both workers of a 2-CPU host
+# and /prices/latest would wait behind them, and a sync worker busy past `timeout` is killed
+# mid-download (gthread's main thread keeps heartbeating while its threads work).
+# Measured in docs/PERFORMANCE.md ("CSV downloads"). gunicorn runs gthread when threads > 1;
+# GUNICORN_THREADS=1 gives the sync worker.
+threads = _positive_int("GUNICORN_THREADS", 4)
 timeout = _positive_int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = _positive_int("GUNICORN_GRACEFUL_TIMEOUT", 20)
 keepalive = _positive_int("GUNICORN_KEEPALIVE", 5)

@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,7 +61,14 @@ def main(argv=None):
         "TICKERS": TICKERS,
         "PYTHONUNBUFFERED": "1",
     }
-    results = {"machine": machine(), "cells": [], "seeds": [], "plans": [], "history": []}
+    results = {
+        "machine": machine(),
+        "cells": [],
+        "seeds": [],
+        "plans": [],
+        "history": [],
+        "ranges": [],
+    }
     servers = []
     try:
         api = start_gunicorn(["wsgi:app"], env, workdir / "api.log", servers)
@@ -86,6 +94,10 @@ def main(argv=None):
                 results["plans"].append(explain(database_url, name, rows, raw_paths))
             results["cells"] += load.best_of(plan, rows)
             results["history"] += history_timings(api.base_url, rows, last)
+            results["ranges"] += range_timings(api.base_url, rows, last)
+        # On the largest table: two years of one ticker when the table is 2.1 million rows.
+        results["csv"] = csv_download(api)
+        results["latest_during_csv"] = latest_during_downloads(load, api, rows)
         results["rss_web_worker_kb"] = max(vm_rss(pid) for pid in children(api.pid))
         results["fetch"], results["rss_rq_worker_kb"] = fetch_cycle(database_url, options, env)
     finally:
@@ -292,6 +304,119 @@ def explain(database_url, name, rows, raw_paths):
             plan = (plan.get("Plans") or [None])[0]
     print(f"plan  {name:<12} {rows:>9} rows  {buffers} buffers  {', '.join(sorted(nodes))}")
     return {"endpoint": name, "rows": rows, "buffers": buffers, "scans": sorted(nodes)}
+
+
+DAY = 86400
+
+
+def range_timings(base_url, rows, last, runs=5):
+    """Time candle pages and a year's statistics, one request at a time: median and best.
+
+    The full pages (1,000 x 1h, 730 x 1d) cover more of the history as the table grows, up
+    to 42 and 730 days; the "3d" pages cover the same last three days at every size, so
+    their cost must not move with the table. `read` is how many rows the request covers.
+    """
+    api = f"{base_url}/api/v1"
+    candles = f"{api}/candles?ticker={TICKER}"
+    queries = [
+        ("candles 1h", f"{candles}&interval=1h&limit=1000&to={last}"),
+        ("candles 1d", f"{candles}&interval=1d&limit=730&to={last}"),
+        ("candles 1h 3d", f"{candles}&interval=1h&limit=1000&from={last - 3 * DAY}&to={last}"),
+        ("candles 1d 3d", f"{candles}&interval=1d&limit=730&from={last - 3 * DAY}&to={last}"),
+        ("stats year", f"{api}/prices/stats?ticker={TICKER}&from={last - YEAR}&to={last}"),
+    ]
+    timings = []
+    for name, url in queries:
+        response = requests.get(url, timeout=60)
+        response.raise_for_status()
+        elapsed = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            requests.get(url, timeout=60).raise_for_status()
+            elapsed.append((time.perf_counter() - started) * 1000)
+        body = response.json()
+        items = body.get("items")
+        timing = {
+            "endpoint": name,
+            "rows": rows,
+            "items": len(items) if items is not None else 1,
+            "read": sum(c["count"] for c in items) if items is not None else body["count"],
+            "median_ms": round(statistics.median(elapsed), 1),
+            "best_ms": round(min(elapsed), 1),
+        }
+        print(
+            f"range {name:<14} {rows:>9} rows  {timing['items']:>5} items over"
+            f" {timing['read']:>8} rows  median {timing['median_ms']} ms"
+            f"  best {timing['best_ms']} ms",
+            flush=True,
+        )
+        timings.append(timing)
+    return timings
+
+
+def _download(url):
+    """GET a CSV as a client would, reading it as it comes; returns (lines, bytes, seconds)."""
+    started = time.perf_counter()
+    lines = size = 0
+    with requests.get(url, stream=True, timeout=120) as response:
+        response.raise_for_status()
+        for chunk in response.iter_content(chunk_size=1 << 16):
+            lines += chunk.count(b"\n")
+            size += len(chunk)
+    return lines, size, time.perf_counter() - started
+
+
+def csv_download(api):
+    """Download all of one ticker's history as CSV; rows per second and workers' memory growth.
+
+    The memory is every gunicorn worker's VmRSS before and after (whichever served it), and
+    the largest growth is kept: it must stay flat however long the download.
+    """
+    url = f"{api.base_url}/api/v1/prices?ticker={TICKER}&format=csv"
+    _download(url)  # once, so that the worker's first-use allocations are not counted
+    workers = children(api.pid)
+    before = {pid: vm_rss(pid) for pid in workers}
+    lines, size, seconds = _download(url)
+    growth = max(vm_rss(pid) - before[pid] for pid in workers)
+    result = {
+        "rows": lines - 1,
+        "megabytes": round(size / 1e6, 1),
+        "seconds": round(seconds, 2),
+        "rows_per_s": round((lines - 1) / seconds),
+        "rss_before_kb": max(before.values()),
+        "rss_growth_kb": growth,
+    }
+    print(f"csv download: {result}", flush=True)
+    return result
+
+
+def latest_during_downloads(load, api, rows, downloads=2):
+    """wrk on /prices/latest while `downloads` full-history CSV downloads run, back to back.
+
+    Returns wrk's figures and how many downloads completed meanwhile: a long download must
+    not starve the cheap requests (gunicorn.conf.py: gthread workers).
+    """
+    url = f"{api.base_url}/api/v1/prices?ticker={TICKER}&format=csv"
+    stop = threading.Event()
+    finished = []
+
+    def download_until_stopped():
+        while not stop.is_set():
+            finished.append(_download(url)[0])
+
+    threads = [threading.Thread(target=download_until_stopped) for _ in range(downloads)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)  # both downloads under way
+        run = load._wrk(api, [f"/api/v1/prices/latest?ticker={TICKER}"], 2 * load.options.duration)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    result = {"rows": rows, "downloads": downloads, "completed": len(finished), **run}
+    print(f"latest during {downloads} CSV downloads: {result}", flush=True)
+    return result
 
 
 def start_gunicorn(args, env, log_path, started):
@@ -581,6 +706,28 @@ def report(results):
             f"{cell['endpoint']:<12} {cell['rows']:>9} {cell['slots']:>8}"
             f" {cell['median_ms']:>9.1f} {cell['best_ms']:>8.1f}"
         )
+    print(
+        f"\n{'range':<14} {'rows':>9} {'items':>6} {'read':>8} {'median ms':>9} {'best ms':>8}"
+        f" {'us/row':>6}"
+    )
+    for cell in results["ranges"]:
+        print(
+            f"{cell['endpoint']:<14} {cell['rows']:>9} {cell['items']:>6} {cell['read']:>8}"
+            f" {cell['median_ms']:>9.1f} {cell['best_ms']:>8.1f}"
+            f" {cell['best_ms'] * 1000 / max(cell['read'], 1):>6.2f}"
+        )
+    csv = results["csv"]
+    print(
+        f"\nCSV of all {TICKER} history: {csv['rows']} rows, {csv['megabytes']} MB in"
+        f" {csv['seconds']} s = {csv['rows_per_s']} rows/s; worker memory"
+        f" {csv['rss_before_kb'] / 1024:.0f} MB before, grew {csv['rss_growth_kb'] / 1024:.1f} MB"
+    )
+    during = results["latest_during_csv"]
+    print(
+        f"latest during {during['downloads']} CSV downloads: {during['rps']:.0f} req/s,"
+        f" p50 {during['p50_ms']} ms, p99 {during['p99_ms']} ms, errors {during['errors']},"
+        f" {during['completed']} downloads completed meanwhile"
+    )
     fetch = results["fetch"]
     print(
         f"\nfetch cycle, 2 tickers, 100 ms Deribit latency: {fetch['warm_median_ms']} ms"
@@ -638,6 +785,33 @@ def targets(results, api):
             cell["median_ms"] < 1000,
             f"gap report of a year at {cell['rows']} rows: {cell['median_ms']} ms (< 1 s)",
         )
+    ranges = {(c["endpoint"], c["rows"]): c for c in results["ranges"]}
+    range_sizes = sorted({c["rows"] for c in results["ranges"]})
+    for name in ("candles 1h 3d", "candles 1d 3d"):  # the same range at every size
+        base = ranges[(name, range_sizes[0])]["best_ms"]
+        worst = max(ranges[(name, size)]["best_ms"] for size in range_sizes)
+        check(
+            worst <= max(1.25 * base, base + 2),
+            f"{name}: {worst} ms at the slowest size, {base} ms at {range_sizes[0]} rows"
+            " (flat: within 25 % or 2 ms)",
+        )
+    for cell in (c for c in results["ranges"] if c["endpoint"] == "stats year"):
+        check(
+            cell["median_ms"] < 1000,
+            f"stats of a year at {cell['rows']} rows: {cell['median_ms']} ms (< 1 s)",
+        )
+    csv = results["csv"]
+    check(
+        csv["rss_growth_kb"] < 20 * 1024,
+        f"CSV of {csv['rows']} rows: worker memory grew {csv['rss_growth_kb'] / 1024:.1f} MB"
+        " (< 20 MB)",
+    )
+    during = results["latest_during_csv"]
+    check(
+        during["errors"] == 0 and during["p99_ms"] < 100,
+        f"latest during two CSV downloads: p99 {during['p99_ms']} ms, errors"
+        f" {during['errors']} (< 100 ms, none)",
+    )
     fetch = results["fetch"]["warm_median_ms"]
     check(fetch < 200, f"fetch cycle for two tickers at 100 ms latency: {fetch} ms (< 200 ms)")
     return lines

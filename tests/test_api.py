@@ -128,6 +128,16 @@ def test_prices_walks_every_row_once_newest_first(app, client):
         assert PricePageSchema().validate(page.json) == {}
 
 
+def test_a_last_page_of_exactly_limit_rows_has_no_next_cursor(app, client):
+    # A next_cursor here would send clients to an empty page.
+    seed(app, "btc_usd", [DAY + 60 * i for i in range(6)])
+    pages, items = walk(client, "/api/v1/prices?ticker=btc_usd&limit=3")
+    assert [len(p.json["items"]) for p in pages] == [3, 3]
+    assert pages[-1].json["next_cursor"] is None and len(items) == 6
+    single = client.get("/api/v1/prices?ticker=btc_usd&limit=6")
+    assert single.json["next_cursor"] is None and "Link" not in single.headers
+
+
 def test_next_link_keeps_the_query_and_is_absolute(app, client):
     seed(app, "btc_usd", [DAY + 60 * i for i in range(10)])
     response = client.get(f"/api/v1/prices?ticker=btc_usd&limit=3&from={DAY}&to={DAY + 540}")
@@ -259,6 +269,11 @@ def test_fractional_bounds_never_let_in_an_excluded_second(app, client):
         "/api/v1/prices?ticker=btc_usd",
         "/api/v1/prices/by-date?ticker=btc_usd&date=2026-11-23",
         "/api/v1/prices/at?ticker=btc_usd&timestamp=1",
+        "/api/v1/prices/stats?ticker=btc_usd",
+        "/api/v1/candles?ticker=btc_usd&interval=1h",
+        # A CSV is streamed, but its query starts before the response: still the JSON 503.
+        "/api/v1/prices?ticker=btc_usd&format=csv",
+        "/api/v1/candles?ticker=btc_usd&interval=1d&format=csv",
     ],
 )
 def test_database_down_is_a_json_503(make_app, url):
@@ -330,6 +345,8 @@ def test_openapi_documents_every_endpoint_parameter_and_error(client):
         "/api/v1/prices/by-date",
         "/api/v1/prices/at",
         "/api/v1/prices/gaps",
+        "/api/v1/prices/stats",
+        "/api/v1/candles",
     }
     for path, item in api_paths.items():
         operation = item["get"]
@@ -341,11 +358,22 @@ def test_openapi_documents_every_endpoint_parameter_and_error(client):
         ok = operation["responses"]["200"]["content"]["application/json"]
         assert ok["example"]["ticker"] == "btc_usd", path
     prices = spec["paths"]["/api/v1/prices"]["get"]
-    assert {"ticker", "limit", "cursor", "from", "to", "source"} == {
+    assert {"ticker", "limit", "cursor", "from", "to", "source", "format"} == {
         p["name"] for p in prices["parameters"]
     }
     assert "Link" in prices["responses"]["200"]["headers"]
     assert "404" in spec["paths"]["/api/v1/prices/latest"]["get"]["responses"]
+    candles = spec["paths"]["/api/v1/candles"]["get"]
+    assert {"ticker", "interval", "limit", "cursor", "from", "to", "format"} == {
+        p["name"] for p in candles["parameters"]
+    }
+    # The paged endpoints also answer CSV: documented as the 200's other media type.
+    for path in ("/api/v1/prices", "/api/v1/prices/by-date", "/api/v1/candles"):
+        ok = spec["paths"][path]["get"]["responses"]["200"]
+        assert ok["content"]["text/csv"]["example"].count("\n") == 3, path
+        assert {"Link", "Content-Disposition"} <= set(ok["headers"]), path
+    stats = spec["paths"]["/api/v1/prices/stats"]["get"]["responses"]["200"]["content"]
+    assert "text/csv" not in stats and stats["application/json"]["example"]["mean"]
 
 
 def test_swagger_ui_is_served_with_its_assets_offline(client):

@@ -86,6 +86,24 @@ def test_bench_runs_end_to_end_on_a_tiny_table(redis_conn, tmp_path):
     history = {c["endpoint"]: c for c in results["history"]}
     assert history["gaps year"]["slots"] == 525600 and history["gaps year"]["median_ms"] > 0
     assert history["tickers"]["slots"] == 2
+    ranges = {c["endpoint"]: c for c in results["ranges"]}
+    # 10,000 rows are ~3.5 days of two tickers: every candle page reads all of btc_usd or
+    # the last three days; the year's statistics read all of it.
+    assert set(ranges) == {
+        "candles 1h",
+        "candles 1d",
+        "candles 1h 3d",
+        "candles 1d 3d",
+        "stats year",
+    }
+    assert ranges["candles 1h"]["read"] == ranges["stats year"]["read"] == 5000
+    assert 0 < ranges["candles 1d 3d"]["read"] <= ranges["candles 1h 3d"]["read"] < 5000
+    assert ranges["candles 1h"]["items"] == 84 and 4 <= ranges["candles 1d"]["items"] <= 5
+    assert all(c["median_ms"] > 0 for c in ranges.values())
+    assert results["csv"]["rows"] == 5000 and results["csv"]["rows_per_s"] > 0
+    assert results["csv"]["rss_before_kb"] > 0
+    during = results["latest_during_csv"]
+    assert during["requests"] > 0 and during["errors"] == 0 and during["completed"] >= 2
     assert results["fetch"]["max_concurrent_requests"] == 2
     assert results["rss_web_worker_kb"] > 0 and results["rss_rq_worker_kb"] > 0
     assert any(t.startswith(("MET", "MISSED")) for t in results["targets"])
@@ -93,3 +111,5 @@ def test_bench_runs_end_to_end_on_a_tiny_table(redis_conn, tmp_path):
     for name in ENDPOINTS:
         assert f"\n{name:<12} " in table
     assert "fetch cycle, 2 tickers, 100 ms Deribit latency" in table
+    assert "CSV of all btc_usd history: 5000 rows" in table
+    assert "latest during 2 CSV downloads" in table

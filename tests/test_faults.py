@@ -22,6 +22,7 @@ from tests.conftest import (
     free_port,
     read_log,
     start_redis,
+    truncate_prices,
     wait_for_http,
 )
 from tracker.extensions import db
@@ -42,8 +43,10 @@ def database_url(postgres_url):
 
 
 @pytest.fixture
-def history(deribit):
-    """The fake Deribit with a price that moves every second and a chart point every second."""
+def history(deribit, postgres_url):
+    """The fake Deribit with a price that moves every second and a chart point every second;
+    an empty table, so every row the test checks is one its processes stored."""
+    truncate_prices(postgres_url)
     deribit.reset(random_walk=True, chart_spacing=1)
     return deribit
 

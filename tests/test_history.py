@@ -5,9 +5,9 @@ import time
 from decimal import Decimal
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fake_deribit import chart_reply, error_reply
+from tests.test_observability import metric
 from tracker.extensions import db
 from tracker.jobs import backfill_prices
 from tracker.models import Price, insert_prices
@@ -329,14 +329,6 @@ def test_every_price_says_where_it_came_from_and_prices_filter_by_source(app, cl
     live = client.get("/api/v1/prices?ticker=btc_usd&source=live").json["items"]
     assert {i["source"] for i in live} == {"live"} and len(live) == 5
     assert client.get("/api/v1/prices?ticker=btc_usd&source=guess").status_code == 422
-
-
-def metric(text, name, **labels):
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return sample.value
-    return None
 
 
 def test_metrics_count_missing_slots_and_backfilled_rows(app, client, moving, redis_conn):

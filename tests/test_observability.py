@@ -348,6 +348,9 @@ def test_gunicorn_workers_report_one_global_total(spawn, tmp_path, redis_conn):
     web = spawn(
         command("gunicorn", "wsgi:app"),
         GUNICORN_WORKERS=2,
+        # Sync workers: one holding a half-sent request is busy, which steers the scrapes to
+        # the other (a gthread worker would take them on its other threads).
+        GUNICORN_THREADS=1,
         GUNICORN_BIND=f"127.0.0.1:{port}",
         PROMETHEUS_MULTIPROC_DIR=metrics_dir,
         LOG_FORMAT="json",

@@ -7,10 +7,11 @@ import re
 from datetime import UTC, date, datetime
 from http import HTTPStatus
 
-from flask import current_app
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from flask import current_app, request
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from tracker.models import SOURCES
+from tracker.queries import INTERVALS, bucket_start
 
 # UNIX seconds the API accepts: 1970-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
 MIN_TIME = 0
@@ -24,6 +25,19 @@ SPACED_OFFSET_RE = re.compile(r"(\d{4}-\d\d-\d\d[T ]\d\d:\d\d(?::\d\d(?:\.\d+)?)
 def error_body(status, message):
     """A JSON error in flask-smorest's shape (ErrorSchema): {"code", "status", "message"}."""
     return {"code": status, "status": HTTPStatus(status).phrase, "message": message}
+
+
+# What the paged endpoints answer in: pages of JSON, or the whole range as CSV.
+FORMATS = ("json", "csv")
+CSV_MIMETYPE = "text/csv"
+
+
+def _format(data):
+    """The format asked for: the `format` parameter, else what the Accept header prefers."""
+    if "format" in data:
+        return data["format"]
+    best = request.accept_mimetypes.best_match(["application/json", CSV_MIMETYPE])
+    return "csv" if best == CSV_MIMETYPE else "json"
 
 
 class TickerField(fields.String):
@@ -109,7 +123,7 @@ class TickerArgsSchema(Schema):
 
 
 class PageArgsSchema(TickerArgsSchema):
-    """Keyset pagination: `limit` and the `cursor` of the previous page."""
+    """Keyset pagination (`limit`, the `cursor` of the previous page), or the whole range as CSV."""
 
     limit = fields.Integer(
         load_default=100,
@@ -123,6 +137,15 @@ class PageArgsSchema(TickerArgsSchema):
         }
     )
 
+    format = fields.String(
+        validate=validate.OneOf(FORMATS),
+        metadata={
+            "description": "`json` (pages) or `csv` (the whole range in one download, streamed)."
+            " Default: `csv` when the request's Accept header prefers `text/csv`, else `json`.",
+            "example": "json",
+        },
+    )
+
     @validates_schema
     def cursor_matches_ticker(self, data, **kwargs):
         if "cursor" in data and data["cursor"][0] != data["ticker"]:
@@ -130,6 +153,22 @@ class PageArgsSchema(TickerArgsSchema):
                 f"This cursor belongs to ticker {data['cursor'][0]}, not {data['ticker']}.",
                 "cursor",
             )
+
+    @validates_schema(pass_original=True)
+    def csv_is_the_whole_range(self, data, original, **kwargs):
+        if _format(data) == "csv":
+            for name in ("limit", "cursor"):
+                if name in original:
+                    raise ValidationError(
+                        f"A CSV is the whole range from `from` to `to`, not a page: leave out"
+                        f" `{name}`.",
+                        name,
+                    )
+
+    @post_load
+    def resolve_format(self, data, **kwargs):
+        data["format"] = _format(data)
+        return data
 
 
 class PriceQueryArgsSchema(PageArgsSchema):
@@ -263,6 +302,168 @@ class GapsArgsSchema(TickerArgsSchema):
     def start_not_after_end(self, data, **kwargs):
         if "start" in data and "end" in data and data["start"] > data["end"]:
             raise ValidationError("`from` must not be after `to`.", "from")
+
+
+class CandleArgsSchema(PageArgsSchema):
+    """Arguments of /candles: ticker, interval, optional inclusive range of bucket starts, pages."""
+
+    interval = fields.String(
+        required=True,
+        validate=validate.OneOf(INTERVALS),
+        metadata={
+            "description": "Bucket width: " + ", ".join(f"`{name}`" for name in INTERVALS) + "."
+            " Buckets are aligned to the UTC epoch: `1d` starts at 00:00 UTC, `1w` on Monday"
+            " 00:00 UTC. An interval shorter than FETCH_INTERVAL is rejected.",
+            "example": "1h",
+        },
+    )
+    start = TimeField(
+        data_key="from",
+        round_up=True,
+        metadata={
+            "description": f"Only candles whose bucket starts at or after this time: {TIME_HELP}.",
+            "example": "2026-11-01",
+            "type": "string",
+        },
+    )
+    end = TimeField(
+        data_key="to",
+        metadata={
+            "description": f"Only candles whose bucket starts at or before this time: {TIME_HELP}."
+            " Default: now (the bucket still open is included, `complete: false`).",
+            "example": "2026-11-30",
+            "type": "string",
+        },
+    )
+
+    @validates_schema
+    def interval_fits(self, data, **kwargs):
+        width = INTERVALS.get(data.get("interval"))
+        if width is None:
+            return
+        fetch_interval = current_app.config["FETCH_INTERVAL"]
+        if width < fetch_interval:
+            raise ValidationError(
+                f"Interval {data['interval']} is shorter than FETCH_INTERVAL ({fetch_interval} s):"
+                " its buckets would mostly be empty.",
+                "interval",
+            )
+        if "cursor" in data and bucket_start(data["cursor"][1], width) != data["cursor"][1]:
+            raise ValidationError(
+                f"This cursor is not from a page of {data['interval']} candles.", "cursor"
+            )
+        if "start" in data and "end" in data and data["start"] > data["end"]:
+            raise ValidationError("`from` must not be after `to`.", "from")
+
+
+class StatsArgsSchema(TickerArgsSchema):
+    """Arguments of /prices/stats: ticker and an optional inclusive time range."""
+
+    start = TimeField(
+        data_key="from",
+        round_up=True,
+        metadata={
+            "description": f"Start of the range: {TIME_HELP}. Default: the first price.",
+            "example": "2026-01-01",
+            "type": "string",
+        },
+    )
+    end = TimeField(
+        data_key="to",
+        metadata={
+            "description": f"End of the range (inclusive): {TIME_HELP}. Default: now.",
+            "example": "2026-12-31T23:59:59Z",
+            "type": "string",
+        },
+    )
+
+    @validates_schema
+    def start_not_after_end(self, data, **kwargs):
+        if "start" in data and "end" in data and data["start"] > data["end"]:
+            raise ValidationError("`from` must not be after `to`.", "from")
+
+
+class CandleSchema(Schema):
+    """One candle: the observations of one bucket."""
+
+    time = fields.Integer(
+        metadata={"description": "Start of the bucket, UNIX seconds.", "example": 1763924400}
+    )
+    open = fields.Decimal(
+        metadata={"description": "The bucket's first price, exact.", "example": 86955.73}
+    )
+    high = fields.Decimal(metadata={"description": "Its highest price.", "example": 87010.5})
+    low = fields.Decimal(metadata={"description": "Its lowest price.", "example": 86890.1})
+    close = fields.Decimal(metadata={"description": "Its last price so far.", "example": 86990.02})
+    count = fields.Integer(
+        metadata={"description": "Prices stored in the bucket, live and backfilled.", "example": 60}
+    )
+    complete = fields.Boolean(
+        metadata={"description": "False for the bucket that holds the current time."}
+    )
+
+
+class CandlePageSchema(Schema):
+    """A page of candles, newest first."""
+
+    ticker = fields.String(metadata={"example": "btc_usd"})
+    interval = fields.String(metadata={"example": "1h"})
+    items = fields.List(fields.Nested(CandleSchema))
+    next_cursor = fields.String(
+        allow_none=True,
+        metadata={"description": "Pass as `cursor` for the next page; null on the last page."},
+    )
+
+
+class PricePointSchema(Schema):
+    """A price and when it was observed."""
+
+    price = fields.Decimal(metadata={"example": 86955.73})
+    timestamp = fields.Integer(metadata={"example": 1763928000})
+
+
+class PriceStatsSchema(Schema):
+    """Statistics of a ticker's prices in a range; every value is null when it holds none."""
+
+    ticker = fields.String(metadata={"example": "btc_usd"})
+    start = fields.Integer(
+        data_key="from", allow_none=True, metadata={"description": "`from` as asked, if asked."}
+    )
+    end = fields.Integer(
+        data_key="to", allow_none=True, metadata={"description": "`to` as asked, if asked."}
+    )
+    count = fields.Integer(metadata={"description": "Prices stored in the range."})
+    first = fields.Nested(PricePointSchema, allow_none=True)
+    last = fields.Nested(PricePointSchema, allow_none=True)
+    min = fields.Nested(
+        PricePointSchema,
+        allow_none=True,
+        metadata={"description": "The lowest price, and the first time it was reached."},
+    )
+    max = fields.Nested(
+        PricePointSchema,
+        allow_none=True,
+        metadata={"description": "The highest price, and the first time it was reached."},
+    )
+    mean = fields.Decimal(
+        allow_none=True,
+        metadata={
+            "description": "The arithmetic mean of the prices: their exact sum / count, rounded"
+            " half-even to 8 decimal places.",
+            "example": 86912.41234568,
+        },
+    )
+    change = fields.Decimal(
+        allow_none=True,
+        metadata={"description": "last - first, exact.", "example": 34.29},
+    )
+    change_percent = fields.Decimal(
+        allow_none=True,
+        metadata={
+            "description": "(last - first) / first x 100, rounded half-even to 4 decimal places.",
+            "example": 0.0394,
+        },
+    )
 
 
 class GapSchema(Schema):

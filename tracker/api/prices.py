@@ -1,0 +1,210 @@
+"""The price endpoints: pages, the latest, a day, a moment, a range's statistics; CSV too."""
+
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Context, Decimal
+
+from flask.views import MethodView
+from flask_smorest import abort
+from flask_smorest.error_handler import ErrorSchema
+
+from tracker.api import LINK_HEADER, blp, csv_documented, documented_errors, query_args
+from tracker.api.formats import (
+    PRICE_CSV,
+    PRICE_CSV_HEADER,
+    PRICE_JSON,
+    csv_filename,
+    csv_response,
+    json_response,
+    page_response,
+)
+from tracker.models import LAST, latest_price, price_at, price_page, price_range, stream
+from tracker.queries import range_stats
+from tracker.schemas import (
+    ByDateArgsSchema,
+    PriceAtArgsSchema,
+    PricePageSchema,
+    PriceQueryArgsSchema,
+    PriceSchema,
+    PriceStatsSchema,
+    StatsArgsSchema,
+    TickerArgsSchema,
+    encode_cursor,
+    error_body,
+)
+
+PRICE_EXAMPLE = {"ticker": "btc_usd", "price": 86955.73, "timestamp": 1763928000, "source": "live"}
+PAGE_EXAMPLE = {
+    "ticker": "btc_usd",
+    "items": [PRICE_EXAMPLE, {**PRICE_EXAMPLE, "price": 86950.1, "timestamp": 1763927940}],
+    "next_cursor": encode_cursor("btc_usd", 1763927940),
+}
+PRICES_CSV_EXAMPLE = (
+    PRICE_CSV_HEADER + "btc_usd,86955.73,1763928000,live\nbtc_usd,86950.1,1763927940,backfill\n"
+)
+
+
+def prices_response(args, rows, has_more):
+    """A page of prices as JSON (PricePageSchema's shape), with a Link to the next one."""
+    items = [PRICE_JSON % row for row in rows]
+    return page_response(args, items, rows[-1][2] if has_more else None)
+
+
+def prices_csv(args, start, end, filename_parts=None):
+    """Every price of [start, end] (and of `source`, if asked) as a streamed CSV download."""
+    query, params = price_range(args["ticker"], start=start, end=end, source=args.get("source"))
+    filename = filename_parts or csv_filename(args["ticker"], start, end)
+    return csv_response(filename, PRICE_CSV_HEADER, stream(query, params), PRICE_CSV.__mod__)
+
+
+def _before(args):
+    cursor = args.get("cursor")
+    return cursor[1] if cursor else None
+
+
+@blp.route("/prices")
+class Prices(MethodView):
+    @query_args(PriceQueryArgsSchema)
+    @blp.response(200, PricePageSchema, example=PAGE_EXAMPLE, headers=LINK_HEADER)
+    @csv_documented(PRICES_CSV_EXAMPLE)
+    @documented_errors
+    def get(self, args):
+        """All stored prices of a ticker, newest first, paginated; or the whole range as CSV.
+
+        Optional `from`/`to` (inclusive) narrow the time range. Follow `next_cursor` (or the
+        `Link` header) for older prices; every page costs the same, however deep. With
+        `format=csv` (or `Accept: text/csv`) the answer is every price of the range in one
+        streamed download instead: `ticker,price,timestamp,source` lines, newest first.
+        """
+        if args["format"] == "csv":
+            return prices_csv(args, args.get("start"), args.get("end"))
+        rows, has_more = price_page(
+            args["ticker"],
+            start=args.get("start"),
+            end=args.get("end"),
+            before=_before(args),
+            limit=args["limit"],
+            source=args.get("source"),
+        )
+        return prices_response(args, rows, has_more)
+
+
+@blp.route("/prices/latest")
+class LatestPrice(MethodView):
+    @query_args(TickerArgsSchema)
+    @blp.response(200, PriceSchema, example=PRICE_EXAMPLE)
+    @blp.alt_response(
+        404,
+        schema=ErrorSchema,
+        description="No price of this ticker is stored yet.",
+        example=error_body(404, "No price stored for btc_usd yet."),
+    )
+    @documented_errors
+    def get(self, args):
+        """The newest stored price of a ticker."""
+        row = latest_price(args["ticker"])
+        if row is None:
+            abort(404, message=f"No price stored for {args['ticker']} yet.")
+        return json_response(PRICE_JSON % tuple(row))
+
+
+@blp.route("/prices/by-date")
+class PricesByDate(MethodView):
+    @query_args(ByDateArgsSchema)
+    @blp.response(200, PricePageSchema, example=PAGE_EXAMPLE, headers=LINK_HEADER)
+    @csv_documented(PRICES_CSV_EXAMPLE)
+    @documented_errors
+    def get(self, args):
+        """The prices of one UTC day, newest first, paginated like /prices (or CSV, like it)."""
+        start = int(datetime.combine(args["date"], datetime.min.time(), UTC).timestamp())
+        if args["format"] == "csv":
+            filename = f"{args['ticker']}_{args['date'].isoformat()}.csv"
+            return prices_csv(args, start, start + 86399, filename)
+        rows, has_more = price_page(
+            args["ticker"],
+            start=start,
+            end=start + 86399,
+            before=_before(args),
+            limit=args["limit"],
+        )
+        return prices_response(args, rows, has_more)
+
+
+@blp.route("/prices/at")
+class PriceAt(MethodView):
+    @query_args(PriceAtArgsSchema)
+    @blp.response(200, PriceSchema, example=PRICE_EXAMPLE)
+    @blp.alt_response(
+        404,
+        schema=ErrorSchema,
+        description="No price of this ticker is stored at or before that moment.",
+        example=error_body(404, "No price stored for btc_usd at or before 1763928000."),
+    )
+    @documented_errors
+    def get(self, args):
+        """The price as of a moment: the newest observation at or before `timestamp`."""
+        row = price_at(args["ticker"], args["timestamp"])
+        if row is None:
+            abort(
+                404,
+                message=f"No price stored for {args['ticker']} at or before {args['timestamp']}.",
+            )
+        return json_response(PRICE_JSON % tuple(row))
+
+
+STATS_EXAMPLE = {
+    "ticker": "btc_usd",
+    "from": 1763856000,
+    "to": 1763942399,
+    "count": 1440,
+    "first": {"price": 86921.44, "timestamp": 1763856000},
+    "last": {"price": 86955.73, "timestamp": 1763942340},
+    "min": {"price": 86102.5, "timestamp": 1763891220},
+    "max": {"price": 87390.18, "timestamp": 1763860500},
+    "mean": 86812.40763889,
+    "change": 34.29,
+    "change_percent": 0.0394,
+}
+# Wide enough that no step before the final rounding rounds: prices lie within 1E-30..1E+30.
+EXACT = Context(prec=100)
+MEAN_PLACES = Decimal("1E-8")
+PERCENT_PLACES = Decimal("1E-4")
+
+
+@blp.route("/prices/stats")
+class PriceStats(MethodView):
+    @query_args(StatsArgsSchema)
+    @blp.response(200, PriceStatsSchema, example=STATS_EXAMPLE)
+    @documented_errors
+    def get(self, args):
+        """Statistics of a range: count, first, last, min, max, mean, change and change in %.
+
+        Prices, min, max and change are exact. The mean is the exact sum over the count,
+        rounded half-even to 8 decimal places; the change in % is (last - first) / first x 100,
+        rounded half-even to 4 decimal places. Computed in the database in one statement;
+        with no price in the range, count is 0 and everything else null.
+        """
+        stats = range_stats(args["ticker"], args.get("start", 0), args.get("end", LAST))
+        mean = change = percent = None
+        if stats["count"]:
+            first, last = stats["first"][1], stats["last"][1]
+            mean = EXACT.divide(stats["sum"], stats["count"]).quantize(
+                MEAN_PLACES, ROUND_HALF_EVEN, EXACT
+            )
+            change = EXACT.subtract(last, first)
+            percent = EXACT.divide(EXACT.multiply(change, 100), first).quantize(
+                PERCENT_PLACES, ROUND_HALF_EVEN, EXACT
+            )
+        return {
+            "ticker": args["ticker"],
+            "start": args.get("start"),
+            "end": args.get("end"),
+            "count": stats["count"],
+            **{name: _point(stats[name]) for name in ("first", "last", "min", "max")},
+            "mean": mean,
+            "change": change,
+            "change_percent": percent,
+        }
+
+
+def _point(found):
+    return None if found is None else {"price": found[1], "timestamp": found[0]}
