@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Redocly CLI, pinned (it needs Node.js >= 20.19); npx fetches it on first use.
 REDOCLY := @redocly/cli@2.77.0
 
-.PHONY: run demo test lint lint-spec bench soak vendor install clean
+.PHONY: run demo test lint lint-spec security audit bench soak vendor install clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,17 @@ lint-spec: install
 	mkdir -p build
 	FLASK_APP=wsgi $(BIN)/flask openapi write build/openapi.json
 	npx --yes $(REDOCLY) lint build/openapi.json
+
+## Static security analysis of tracker/ with bandit: fails on any finding of medium severity or
+## more. Low ones are looked at and marked in the code with `# nosec BXXX` and why.
+security: install
+	$(BIN)/bandit --quiet --recursive tracker --severity-level medium
+
+## Known vulnerabilities in the pinned runtime dependencies: fails on any. Needs internet (PyPI's
+## vulnerability data), so CI cannot run it; --strict fails when a package cannot be audited at
+## all instead of passing silently.
+audit: install
+	$(BIN)/pip-audit --requirement requirements.txt --strict
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build

@@ -54,9 +54,15 @@ access_log_format = os.environ.get(
 )
 errorlog = "-"
 
+# Workers' heartbeat files (touched every second): in the temporary directory, a tmpfs in
+# docker-compose.yml, so the heartbeat never waits on a disk and the root filesystem can stay
+# read-only. gunicorn's default is the same directory; named here because compose depends on it.
+worker_tmp_dir = tempfile.gettempdir()
+
 # Metrics: prometheus_client's multiprocess mode, so /metrics in any worker reports the sum over
 # all workers. One fresh directory per server start, made here in the master before the app is
-# loaded (every worker inherits it), removed when gunicorn exits. Only counters and histograms
+# loaded (every worker inherits it), removed when gunicorn exits. It is in the temporary
+# directory too (TMPDIR, else /tmp: compose's tmpfs). Only counters and histograms
 # live there, so no child_exit/mark_process_dead hook is needed.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tracker-metrics-")

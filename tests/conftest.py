@@ -319,7 +319,8 @@ def wait_for_http(url, timeout=20.0, process=None):
             pytest.fail(f"process exited with {process.returncode}:\n{read_log(process)}")
         try:
             return requests.get(url, timeout=1)
-        except requests.ConnectionError:
+        # A server still starting on a loaded machine may accept and answer late: keep asking.
+        except (requests.ConnectionError, requests.Timeout):
             time.sleep(0.1)
     pytest.fail(
         f"{url} did not answer within {timeout}s" + (f":\n{read_log(process)}" if process else "")

@@ -430,10 +430,12 @@ def test_swagger_ui_is_served_with_its_assets_offline(client):
     assert page.status_code == 200
     html = page.get_data(as_text=True)
     assert 'href="swagger-ui/swagger-ui.css"' in html  # relative: works under a path prefix
-    assert 'url: "/openapi.json"' in html
+    assert 'data-spec-url="/openapi.json"' in html
     for asset in ["swagger-ui/swagger-ui.css", "swagger-ui/swagger-ui-bundle.js"]:
         response = client.get(f"/{asset}")
         assert response.status_code == 200 and len(response.data) > 10_000, asset
+    assert 'src="static/swagger-ui-init.js"' in html  # relative too
+    assert b"SwaggerUIBundle" in client.get("/static/swagger-ui-init.js").data
 
 
 def test_redoc_page_is_served(client):

@@ -3,13 +3,18 @@
 The services' commands themselves run for real in tests/test_e2e.py (compose_command).
 """
 
+import os
 import re
 import shlex
+import shutil
 import subprocess
 
+import pytest
+import requests
 import yaml
 
-from tests.conftest import ROOT, command, free_port, read_log, wait_for_http
+from tests.conftest import ROOT, command, compose_command, free_port, read_log, wait_for_http
+from tests.test_e2e import wait_for
 from tracker.config import DEFAULTS
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -108,3 +113,84 @@ def test_the_web_healthcheck_command_passes_against_a_running_web(spawn):
     argv[-1] = argv[-1].replace("127.0.0.1:8000", f"127.0.0.1:{port}")
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr + read_log(web)
+
+
+def test_app_containers_are_read_only_with_no_capabilities_and_no_privilege_gain():
+    for name in APP_SERVICES:
+        service = SERVICES[name]
+        assert service["read_only"] is True, name
+        assert service["cap_drop"] == ["ALL"], name
+        assert service["security_opt"] == ["no-new-privileges:true"], name
+        # The one writable place: gunicorn.conf.py puts its files in the temporary directory.
+        assert [entry.split(":")[0] for entry in service["tmpfs"]] == ["/tmp"], name
+        assert "TMPDIR" not in service["environment"], name
+    assert "gunicorn.conf.py" in DOCKERFILE and "PYTHONDONTWRITEBYTECODE=1" in DOCKERFILE
+
+
+def read_only_root(argv, tmpfs):
+    """argv run as compose runs it: every mount read-only, then compose's tmpfs mounts on top.
+
+    A private mount namespace (unshare -m), so nothing changes outside the process.
+    """
+    mounts = []
+    for entry in tmpfs:
+        target, _, options = entry.partition(":")
+        mounts.append(f"mount -t tmpfs -o {shlex.quote(options or 'mode=1777')} tmpfs {target}")
+    script = "\n".join(
+        [
+            "set -e",
+            "for target in $(awk '{print $2}' /proc/mounts | sort -u); do",
+            '  mount -o remount,bind,ro "$target" 2>/dev/null || true',
+            "done",
+            *mounts,
+            # The remount must have worked, or this test would prove nothing.
+            'if touch "$PWD/.write-probe" 2>/dev/null; then echo root is writable; exit 97; fi',
+            'exec "$@"',
+        ]
+    )
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv]
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # no SQLite file in compose
+def test_the_stack_runs_on_a_read_only_root_with_only_the_tmpfs_writable(
+    app, deribit, redis_conn, spawn
+):
+    """migrate, web (2 workers), worker and scheduler, each with its compose command, fetch and
+    serve prices and count requests with nothing writable but compose's tmpfs."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare for a private mount namespace (CI has both)")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    settings = {
+        "FETCH_INTERVAL": 2,
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_WORKERS": 2,
+        "PYTHONDONTWRITEBYTECODE": 1,  # as the Dockerfile sets it
+        "TMPDIR": None,  # as in the container: /tmp
+        "PROMETHEUS_MULTIPROC_DIR": None,  # gunicorn.conf.py makes it, on the tmpfs
+    }
+
+    def start(service):
+        argv = read_only_root(compose_command(service), SERVICES[service]["tmpfs"])
+        return spawn(argv, **settings)
+
+    migrate = start("migrate")
+    assert migrate.wait(timeout=60) == 0, read_log(migrate)
+    processes = [start("web"), start("worker"), start("scheduler")]
+    wait_for_http(f"{base}/healthz", process=processes[0])
+
+    def latest():
+        response = requests.get(f"{base}/api/v1/prices/latest?ticker=btc_usd", timeout=5)
+        return response.status_code == 200 and response
+
+    assert wait_for(latest, 20, processes, "a price fetched by the worker").json()["price"]
+    for _ in range(10):  # spread over both gunicorn workers
+        requests.get(f"{base}/healthz", timeout=5)
+    metrics = requests.get(f"{base}/metrics", timeout=5).text
+    served = re.search(
+        r'tracker_http_requests_total\{endpoint="/healthz",method="GET",status="200"\} (\S+)',
+        metrics,
+    )
+    assert served and float(served[1]) >= 11, metrics  # the multiprocess files are writable
+    for process in processes:
+        assert "Read-only file system" not in read_log(process), read_log(process)

@@ -256,6 +256,12 @@ def test_json_fetch_line_is_still_one_line_with_its_fields(make_app, deribit, re
 # --- Metrics -------------------------------------------------------------------------------
 
 
+def test_metrics_content_type_names_its_charset_once(client):
+    content_type = client.get("/metrics").headers["Content-Type"]
+    assert content_type == "text/plain; version=1.0.0; charset=utf-8"
+    assert content_type.count("charset") == 1
+
+
 def test_http_requests_are_counted_by_endpoint_method_and_status(client):
     labels = {"endpoint": "/healthz", "method": "GET", "status": "200"}
     missing = {"endpoint": "<unmatched>", "method": "GET", "status": "404"}

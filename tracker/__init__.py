@@ -11,7 +11,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from tracker import observability
+from tracker import observability, security
 from tracker.config import ConfigError, load_config
 
 # Aliased: importing the tracker.api module below would shadow a plain `api` name here.
@@ -99,6 +99,7 @@ def create_app(test_config=None):
     rest_api.register_blueprint(blp)
     app.register_blueprint(pages)  # the chart page at /
     observability.init_app(app)  # /healthz, /readyz, /metrics; request ids and request log
+    security.init_app(app)  # security headers on every response, errors included
     app.add_url_rule("/swagger-ui/<path:filename>", "swagger_ui_assets", _swagger_ui_asset)
     _register_error_handlers(app)
 

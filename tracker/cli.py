@@ -220,7 +220,8 @@ def seed(days, random_seed):
     minutes = round(days * 1440)
     end = int(time.time()) // 60 * 60
     first = end - (minutes - 1) * 60
-    rng = random.Random(random_seed)
+    # Synthetic prices for tests and benchmarks, reproducible by seed: nothing secret.
+    rng = random.Random(random_seed)  # nosec B311
     connection = db.engine.raw_connection()
     try:
         with connection.cursor() as cursor:

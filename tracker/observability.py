@@ -315,7 +315,9 @@ class Metrics(MethodView):
         Totals over every web worker and the fetch worker. A source that cannot be read is
         skipped and flagged by tracker_scrape_error{source}, so the scrape itself never fails.
         """
-        return Response(generate_latest(metrics_registry()), mimetype=CONTENT_TYPE_LATEST)
+        # content_type, not mimetype: CONTENT_TYPE_LATEST already carries its charset, and
+        # mimetype= would append a second one.
+        return Response(generate_latest(metrics_registry()), content_type=CONTENT_TYPE_LATEST)
 
 
 def metrics_registry():
