@@ -203,6 +203,24 @@ class PriceFormatArgsSchema(Schema):
     )
 
 
+def range_from(description, example):
+    """`from`: the inclusive start of a time range; a fractional second rounds up."""
+    return TimeField(
+        data_key="from", round_up=True, metadata={"description": description, "example": example}
+    )
+
+
+def range_to(description, example):
+    """`to`: the inclusive end of a time range."""
+    return TimeField(data_key="to", metadata={"description": description, "example": example})
+
+
+def check_range(data):
+    """`from` after `to` is a 422 naming `from`."""
+    if "start" in data and "end" in data and data["start"] > data["end"]:
+        raise ValidationError("`from` must not be after `to`.", "from")
+
+
 class TickerArgsSchema(Schema):
     """The `ticker` query parameter every endpoint takes."""
 
@@ -271,21 +289,8 @@ class PageArgsSchema(TickerPriceArgsSchema):
 class PriceQueryArgsSchema(PageArgsSchema):
     """Arguments of /prices: ticker, optional inclusive time range, pagination."""
 
-    start = TimeField(
-        data_key="from",
-        round_up=True,
-        metadata={
-            "description": f"Only prices at or after this time: {TIME_HELP}.",
-            "example": "2026-11-23",
-        },
-    )
-    end = TimeField(
-        data_key="to",
-        metadata={
-            "description": f"Only prices at or before this time: {TIME_HELP}.",
-            "example": "2026-11-24T00:00:00Z",
-        },
-    )
+    start = range_from(f"Only prices at or after this time: {TIME_HELP}.", "2026-11-23")
+    end = range_to(f"Only prices at or before this time: {TIME_HELP}.", "2026-11-24T00:00:00Z")
 
     source = fields.String(
         validate=validate.OneOf(SOURCES),
@@ -298,8 +303,7 @@ class PriceQueryArgsSchema(PageArgsSchema):
 
     @validates_schema
     def start_not_after_end(self, data, **kwargs):
-        if "start" in data and "end" in data and data["start"] > data["end"]:
-            raise ValidationError("`from` must not be after `to`.", "from")
+        check_range(data)
 
 
 class ByDateArgsSchema(PageArgsSchema):
@@ -378,20 +382,11 @@ class PricePageSchema(ResponseSchema):
 class GapsArgsSchema(TickerArgsSchema):
     """Arguments of /prices/gaps: ticker, an inclusive time range, how many gaps to list."""
 
-    start = TimeField(
-        data_key="from",
-        round_up=True,
-        metadata={
-            "description": f"Start of the range: {TIME_HELP}. Default: 24 hours before `to`.",
-            "example": "2026-11-23",
-        },
+    start = range_from(
+        f"Start of the range: {TIME_HELP}. Default: 24 hours before `to`.", "2026-11-23"
     )
-    end = TimeField(
-        data_key="to",
-        metadata={
-            "description": f"End of the range (inclusive): {TIME_HELP}. Default: now.",
-            "example": "2026-11-24T00:00:00Z",
-        },
+    end = range_to(
+        f"End of the range (inclusive): {TIME_HELP}. Default: now.", "2026-11-24T00:00:00Z"
     )
     limit = fields.Integer(
         load_default=1000,
@@ -405,8 +400,7 @@ class GapsArgsSchema(TickerArgsSchema):
 
     @validates_schema
     def start_not_after_end(self, data, **kwargs):
-        if "start" in data and "end" in data and data["start"] > data["end"]:
-            raise ValidationError("`from` must not be after `to`.", "from")
+        check_range(data)
 
 
 class CandleArgsSchema(PageArgsSchema):
@@ -421,21 +415,13 @@ class CandleArgsSchema(PageArgsSchema):
             "example": "1h",
         },
     )
-    start = TimeField(
-        data_key="from",
-        round_up=True,
-        metadata={
-            "description": f"Only candles whose bucket starts at or after this time: {TIME_HELP}.",
-            "example": "2026-11-01",
-        },
+    start = range_from(
+        f"Only candles whose bucket starts at or after this time: {TIME_HELP}.", "2026-11-01"
     )
-    end = TimeField(
-        data_key="to",
-        metadata={
-            "description": f"Only candles whose bucket starts at or before this time: {TIME_HELP}."
-            " Default: now (the bucket still open is included, `complete: false`).",
-            "example": "2026-11-30",
-        },
+    end = range_to(
+        f"Only candles whose bucket starts at or before this time: {TIME_HELP}."
+        " Default: now (the bucket still open is included, `complete: false`).",
+        "2026-11-30",
     )
 
     @validates_schema
@@ -454,33 +440,20 @@ class CandleArgsSchema(PageArgsSchema):
             raise ValidationError(
                 f"This cursor is not from a page of {data['interval']} candles.", "cursor"
             )
-        if "start" in data and "end" in data and data["start"] > data["end"]:
-            raise ValidationError("`from` must not be after `to`.", "from")
+        check_range(data)
 
 
 class StatsArgsSchema(TickerPriceArgsSchema):
     """Arguments of /prices/stats: ticker and an optional inclusive time range."""
 
-    start = TimeField(
-        data_key="from",
-        round_up=True,
-        metadata={
-            "description": f"Start of the range: {TIME_HELP}. Default: the first price.",
-            "example": "2026-01-01",
-        },
-    )
-    end = TimeField(
-        data_key="to",
-        metadata={
-            "description": f"End of the range (inclusive): {TIME_HELP}. Default: now.",
-            "example": "2026-12-31T23:59:59Z",
-        },
+    start = range_from(f"Start of the range: {TIME_HELP}. Default: the first price.", "2026-01-01")
+    end = range_to(
+        f"End of the range (inclusive): {TIME_HELP}. Default: now.", "2026-12-31T23:59:59Z"
     )
 
     @validates_schema
     def start_not_after_end(self, data, **kwargs):
-        if "start" in data and "end" in data and data["start"] > data["end"]:
-            raise ValidationError("`from` must not be after `to`.", "from")
+        check_range(data)
 
 
 class CandleSchema(ResponseSchema):
