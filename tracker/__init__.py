@@ -11,7 +11,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from tracker import observability, ratelimit
+from tracker import caching, observability, ratelimit
 from tracker.config import ConfigError, load_config
 
 # Aliased: importing the tracker.api module below would shadow a plain `api` name here.
@@ -101,6 +101,7 @@ def create_app(test_config=None):
     app.register_blueprint(pages)  # the chart page at /
     observability.init_app(app)  # /healthz, /readyz, /metrics; request ids and request log
     ratelimit.init_app(app)  # after observability: a 429 is logged and counted like any answer
+    caching.init_app(app)  # after observability too: a 304 is logged as one
     app.add_url_rule("/swagger-ui/<path:filename>", "swagger_ui_assets", _swagger_ui_asset)
     _register_error_handlers(app)
 
