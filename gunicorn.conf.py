@@ -33,6 +33,13 @@ timeout = _positive_int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = _positive_int("GUNICORN_GRACEFUL_TIMEOUT", 20)
 keepalive = _positive_int("GUNICORN_KEEPALIVE", 5)
 
+# Bounded work per request, set here rather than left to gunicorn's defaults: the longest URL the
+# API takes (a CSV range with every parameter) is under 300 bytes, and nginx or a browser sends
+# a dozen headers. Past these limits gunicorn answers 400/431 before any app code runs.
+limit_request_line = 4094
+limit_request_fields = 50
+limit_request_field_size = 8190
+
 # Load the app once in the master: a configuration error stops the server with one line
 # instead of a crash loop of workers, and workers start faster.
 preload_app = True

@@ -14,6 +14,7 @@ def test_defaults():
     assert config["FETCH_INTERVAL"] == 60
     assert config["FETCH_CRON"] == "*/1 * * * *"
     assert config["DERIBIT_BASE_URL"] == "https://www.deribit.com/api/v2"
+    assert config["RATE_LIMIT"] is None  # off: make run and the benchmark are not limited
 
 
 def test_without_database_url_the_database_is_sqlite_in_the_instance_folder():
@@ -81,6 +82,9 @@ def test_intervals_map_to_clock_aligned_cron(seconds, cron):
         ({"CORS_ORIGINS": "https://a.example/app"}, "CORS_ORIGINS has an invalid origin"),
         ({"CORS_ORIGINS": "*, https://a.example"}, "CORS_ORIGINS has an invalid origin '*'"),
         ({"CORS_ORIGINS": " , "}, "CORS_ORIGINS is empty"),
+        ({"RATE_LIMIT": "600"}, "RATE_LIMIT must be a rate such as 600/minute"),
+        ({"RATE_LIMIT": "600/fortnight"}, "RATE_LIMIT must be a rate such as 600/minute"),
+        ({"RATE_LIMIT": "0/minute"}, "RATE_LIMIT must be a rate such as 600/minute"),
     ],
 )
 def test_bad_values_are_rejected(env, message):

@@ -95,6 +95,10 @@ def test_gunicorn_settings_come_from_the_environment(monkeypatch):
     assert defaults["threads"] == 2 and "worker_class" not in defaults
     assert "%({x-request-id}i)s" in defaults["access_log_format"]
     assert "%(M)s" in defaults["access_log_format"]
+    # Explicit request line and header limits, not whatever gunicorn's defaults become.
+    assert defaults["limit_request_line"] == 4094
+    assert defaults["limit_request_fields"] == 50
+    assert defaults["limit_request_field_size"] == 8190
     custom = settings(
         GUNICORN_ACCESS_LOG="-", GUNICORN_FORWARDED_ALLOW_IPS="10.0.0.2", GUNICORN_BIND="[::]:9000"
     )

@@ -11,7 +11,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from tracker import observability, security
+from tracker import caching, observability, ratelimit, security
 from tracker.config import ConfigError, load_config
 
 # Aliased: importing the tracker.api module below would shadow a plain `api` name here.
@@ -65,11 +65,12 @@ API_SETTINGS = {
 }
 
 # Read-only public data, no cookies: browsers on the allowed origins (CORS_ORIGINS) may read the
-# API and its spec. Link and Retry-After are exposed so browser code can paginate and back off.
+# API and its spec. Link, Retry-After and the rate-limit headers are exposed so browser code can
+# paginate and back off.
 CORS_SETTINGS = {
     "resources": [r"/api/.*", "/openapi.json"],
     "methods": ["GET", "HEAD", "OPTIONS"],
-    "expose_headers": ["Link", "Retry-After"],
+    "expose_headers": ["Link", "Retry-After", *ratelimit.RATE_LIMIT_HEADERS],
     "send_wildcard": True,  # "*" (cacheable by anyone) rather than echoing each Origin
     "max_age": 86400,
 }
@@ -99,6 +100,8 @@ def create_app(test_config=None):
     rest_api.register_blueprint(blp)
     app.register_blueprint(pages)  # the chart page at /
     observability.init_app(app)  # /healthz, /readyz, /metrics; request ids and request log
+    ratelimit.init_app(app)  # after observability: a 429 is logged and counted like any answer
+    caching.init_app(app)  # after observability too: a 304 is logged as one
     security.init_app(app)  # security headers on every response, errors included
     app.add_url_rule("/swagger-ui/<path:filename>", "swagger_ui_assets", _swagger_ui_asset)
     _register_error_handlers(app)

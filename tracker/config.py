@@ -5,6 +5,7 @@ import os
 import re
 from urllib.parse import urlsplit
 
+from limits import parse_many
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -26,6 +27,8 @@ DEFAULTS = {
     "DB_STATEMENT_TIMEOUT_MS": "5000",
     "TRUSTED_PROXIES": "0",
     "CORS_ORIGINS": "*",
+    # Requests per client to /api/* (e.g. 600/minute); empty: no limit.
+    "RATE_LIMIT": "",
 }
 
 # The Flask-SQLAlchemy bind of the read-only, autocommit engine.
@@ -86,6 +89,7 @@ def load_config(environ, overrides=None, instance_path="instance"):
         },
         "TRUSTED_PROXIES": _non_negative_int("TRUSTED_PROXIES", raw["TRUSTED_PROXIES"]),
         "CORS_ORIGINS": _cors_origins(raw["CORS_ORIGINS"]),
+        "RATE_LIMIT": _rate_limit(raw["RATE_LIMIT"]),
     }
     # Keys that are not ours (TESTING, flask-smorest settings, ...) pass through untouched.
     config.update({k: v for k, v in (overrides or {}).items() if k not in DEFAULTS})
@@ -176,6 +180,22 @@ def _cors_origins(value):
                 f"CORS_ORIGINS has an invalid origin {item!r} (want e.g. https://app.example.com)"
             )
     return tuple(items)
+
+
+def _rate_limit(value):
+    """A limits expression such as `600/minute` or `20/second;600/minute`, or None (no limit)."""
+    value = str(value).strip()
+    if not value:
+        return None
+    try:
+        rates = parse_many(value)
+    except ValueError:
+        rates = []
+    if not rates or any(rate.amount <= 0 for rate in rates):
+        raise ConfigError(
+            f"RATE_LIMIT must be a rate such as 600/minute (or empty for none), got {value!r}"
+        )
+    return value
 
 
 def _positive_float(name, value):

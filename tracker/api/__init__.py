@@ -27,8 +27,33 @@ def query_args(schema):
     return blp.arguments(schema(), location="query", unknown=RAISE, as_kwargs=False)
 
 
+def _header(description, example):
+    return {"description": description, "schema": {"type": "integer", "example": example}}
+
+
+RATE_LIMIT_HEADERS = {
+    "Retry-After": _header("Seconds until a request fits in the budget again.", 42),
+    "X-RateLimit-Limit": _header("Requests allowed per window (RATE_LIMIT).", 600),
+    "X-RateLimit-Remaining": _header("Requests left in the current window.", 0),
+    "X-RateLimit-Reset": _header("When the window resets, UNIX seconds.", 1795176060),
+}
+
+
 def documented_errors(view):
-    """Document the 503 every endpoint answers while the database is unreachable."""
+    """Document the 503 every endpoint answers while the database is unreachable, and the 429
+    of a client over its RATE_LIMIT."""
+    view = blp.alt_response(
+        429,
+        schema=ErrorSchema,
+        description="This client is over its request budget (RATE_LIMIT, if the server sets"
+        " one); retry after `Retry-After` seconds.",
+        example=error_body(
+            429,
+            "Rate limit of 600 per 1 minute per client exceeded:"
+            " retry after the seconds in Retry-After.",
+        ),
+        headers=RATE_LIMIT_HEADERS,
+    )(view)
     return blp.alt_response(
         503,
         schema=ErrorSchema,

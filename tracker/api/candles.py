@@ -13,6 +13,7 @@ from tracker.api.formats import (
     csv_response,
     page_response,
 )
+from tracker.caching import range_ends_at
 from tracker.models import stream
 from tracker.queries import INTERVALS, bucket_start, candle_page, candle_statement
 from tracker.schemas import CandleArgsSchema, CandlePageSchema, encode_cursor
@@ -81,6 +82,7 @@ class Candles(MethodView):
             return "true" if bucket + width <= now else "false"
 
         if args["format"] == "csv":
+            range_ends_at(high)
             query, params = candle_statement(args["ticker"], width, low, high)
             name = csv_filename(
                 args["ticker"], args.get("start"), args.get("end"), args["interval"]
@@ -93,6 +95,7 @@ class Candles(MethodView):
             )
         if "cursor" in args:
             high = min(high, args["cursor"][1] - 1)
+        range_ends_at(high)
         candles, older = candle_page(args["ticker"], width, low, high, args["limit"])
         template = CANDLE_JSON[args["price_format"]]
         items = [template % (*candle, complete(candle[0])) for candle in candles]

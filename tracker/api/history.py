@@ -9,6 +9,7 @@ from flask.views import MethodView
 
 from tracker.api import blp, documented_errors, query_args
 from tracker.api.prices import PRICE_EXAMPLE
+from tracker.caching import range_ends_at
 from tracker.models import (
     DAY_SECONDS,
     latest_price,
@@ -59,6 +60,7 @@ class PriceGaps(MethodView):
         interval = current_app.config["FETCH_INTERVAL"]
         now = time.time()
         end = args.get("end", int(now))
+        range_ends_at(end)
         start = args.get("start", end - DAY_SECONDS)
         first = math.ceil(start / interval)
         last = min(end // interval, int(now) // interval - 1)

@@ -16,6 +16,7 @@ from tracker.api.formats import (
     json_response,
     page_response,
 )
+from tracker.caching import range_ends_at
 from tracker.extensions import ErrorSchema
 from tracker.models import LAST, latest_price, price_at, price_page, price_range, stream
 from tracker.queries import range_stats
@@ -63,6 +64,12 @@ def _before(args):
     return cursor[1] if cursor else None
 
 
+def _page_end(end, before):
+    """The last moment a page can hold: `to`, or just before the cursor, whichever is earlier."""
+    ends = [m for m in (end, None if before is None else before - 1) if m is not None]
+    return min(ends) if ends else None
+
+
 @blp.route("/prices")
 class Prices(MethodView):
     @blp.doc(operationId="listPrices")
@@ -79,7 +86,9 @@ class Prices(MethodView):
         streamed download instead: `ticker,price,timestamp,source` lines, newest first.
         """
         if args["format"] == "csv":
+            range_ends_at(args.get("end"))
             return prices_csv(args, args.get("start"), args.get("end"))
+        range_ends_at(_page_end(args.get("end"), _before(args)))
         rows, has_more = price_page(
             args["ticker"],
             start=args.get("start"),
@@ -131,6 +140,7 @@ class PricesByDate(MethodView):
         whole day in one streamed download, named after the ticker and the day.
         """
         start = int(datetime.combine(args["date"], datetime.min.time(), UTC).timestamp())
+        range_ends_at(_page_end(start + 86399, None if args["format"] == "csv" else _before(args)))
         if args["format"] == "csv":
             filename = f"{args['ticker']}_{args['date'].isoformat()}.csv"
             return prices_csv(args, start, start + 86399, filename)
@@ -163,6 +173,7 @@ class PriceAt(MethodView):
         in between (/prices/gaps says whether anything is missing). 404 when the ticker has no
         price at or before the moment.
         """
+        range_ends_at(args["timestamp"])
         row = price_at(args["ticker"], args["timestamp"])
         if row is None:
             abort(
@@ -206,6 +217,7 @@ class PriceStats(MethodView):
         with no price in the range, count is 0 and everything else null.
         `price_format=string` writes prices, mean, change and change in % as strings.
         """
+        range_ends_at(args.get("end"))
         stats = range_stats(args["ticker"], args.get("start", 0), args.get("end", LAST))
         mean = change = percent = None
         if stats["count"]:

@@ -45,8 +45,14 @@
       key === "price" && context && context.source ? context.source : value);
   }
 
+  // "no-cache": revalidate every time (a 304 when nothing changed). The API lets caches keep
+  // an answer until the next price is due, but the page asks right when it is due, and it
+  // counts ages from the moment it asked.
   async function getJSON(url) {
-    const response = await fetch(url, { headers: { Accept: "application/json" } });
+    const response = await fetch(url, {
+      headers: { Accept: "application/json" },
+      cache: "no-cache",
+    });
     const text = await response.text();
     if (!response.ok) {
       let message = text;

@@ -1,0 +1,109 @@
+"""Fair use: RATE_LIMIT per client on /api, counted in Redis across workers, kept up without it."""
+
+import logging
+import re
+import time
+
+import requests
+
+from tests.conftest import command, free_port, read_log, wait_for_http
+
+LIMITED = "/api/v1/tickers"
+RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+
+
+def assert_too_many(response):
+    assert response.status_code == 429
+    assert response.json["code"] == 429 and response.json["status"] == "Too Many Requests"
+    assert "5 per 1 minute" in response.json["message"]
+    assert 1 <= int(response.headers["Retry-After"]) <= 61
+    assert response.headers["X-RateLimit-Limit"] == "5"
+    assert response.headers["X-RateLimit-Remaining"] == "0"
+    assert int(response.headers["X-RateLimit-Reset"]) > time.time()
+
+
+def test_off_by_default(client, redis_conn):
+    for _ in range(20):
+        response = client.get(LIMITED)
+        assert response.status_code == 200
+    assert not set(RATE_HEADERS) & set(response.headers)
+    assert redis_conn.dbsize() == 0
+
+
+def test_over_the_limit_is_a_json_429_and_only_api_counts(make_app, deribit, redis_conn):
+    client = make_app(RATE_LIMIT="5/minute").test_client()
+    remaining = []
+    for _ in range(5):
+        response = client.get(LIMITED)
+        assert response.status_code == 200
+        assert "Retry-After" not in response.headers  # a 200 needs no back-off
+        remaining.append(response.headers["X-RateLimit-Remaining"])
+    assert remaining == ["4", "3", "2", "1", "0"]
+    assert_too_many(client.get(LIMITED))
+    # Any endpoint: the budget is the client's, not one per endpoint.
+    assert_too_many(client.get("/api/v1/prices/latest?ticker=btc_usd"))
+    # Probes, metrics, docs and the spec are never limited.
+    for path in ("/healthz", "/metrics", "/openapi.json", "/docs"):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert "X-RateLimit-Limit" not in response.headers, path
+
+
+def test_behind_a_proxy_each_forwarded_client_has_its_own_budget(make_app, deribit, redis_conn):
+    client = make_app(RATE_LIMIT="5/minute", TRUSTED_PROXIES="1").test_client()
+    first, second = {"X-Forwarded-For": "203.0.113.7"}, {"X-Forwarded-For": "203.0.113.8"}
+    for _ in range(5):
+        assert client.get(LIMITED, headers=first).status_code == 200
+    assert_too_many(client.get(LIMITED, headers=first))
+    assert client.get(LIMITED, headers=second).status_code == 200
+    # Without a trusted proxy the header is the client's own claim: ignored.
+    untrusting = make_app(RATE_LIMIT="5/minute").test_client()
+    for _ in range(5):
+        assert untrusting.get(LIMITED, headers=first).status_code == 200
+    assert untrusting.get(LIMITED, headers=second).status_code == 429
+
+
+def test_redis_down_lets_requests_through_with_one_warning(make_app, deribit, caplog):
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    client = make_app(RATE_LIMIT="5/minute", REDIS_URL=dead_redis).test_client()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(4):
+            assert client.get(LIMITED).status_code == 200
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        "Rate limit storage unreachable - falling back to in-memory storage"
+    ]
+
+
+def test_the_limit_holds_across_gunicorn_workers(spawn, redis_conn):
+    port = free_port()
+    web = spawn(
+        command("gunicorn", "wsgi:app"),
+        GUNICORN_BIND=f"127.0.0.1:{port}",
+        GUNICORN_WORKERS=2,
+        GUNICORN_ACCESS_LOG="-",
+        GUNICORN_ACCESS_LOG_FORMAT="access pid=%(p)s status=%(s)s",
+        RATE_LIMIT="5/minute",
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_for_http(f"{base}/healthz", process=web)
+    statuses = []
+    # A new connection per request, until both workers have answered (the kernel picks one).
+    for _ in range(200):
+        response = requests.get(f"{base}{LIMITED}", headers={"Connection": "close"}, timeout=5)
+        statuses.append(response.status_code)
+        if response.status_code == 429:
+            assert int(response.headers["Retry-After"]) >= 1
+            assert response.headers["X-RateLimit-Limit"] == "5"
+            assert response.headers["X-RateLimit-Remaining"] == "0"
+            assert response.json()["code"] == 429
+        if len(statuses) > 5 and len(answered_by(web)) == 2:
+            break
+    assert statuses[:6] == [200] * 5 + [429]
+    assert statuses.count(200) == 5, statuses
+    assert len(answered_by(web)) == 2, read_log(web)
+
+
+def answered_by(web):
+    """The pids of the gunicorn workers that logged an /api answer so far."""
+    return set(re.findall(r"access pid=<(\d+)> status=(?:200|429)", read_log(web)))
