@@ -136,13 +136,20 @@ def read_only_root(argv, tmpfs):
     for entry in tmpfs:
         target, _, options = entry.partition(":")
         mounts.append(f"mount -t tmpfs -o {shlex.quote(options or 'mode=1777')} tmpfs {target}")
+    root = shlex.quote(str(ROOT))
     script = "\n".join(
         [
             "set -e",
+            # The checkout may live under a tmpfs target (a clone in /tmp): keep a handle on it.
+            f"mount --bind {root} /mnt",
             "for target in $(awk '{print $2}' /proc/mounts | sort -u); do",
             '  mount -o remount,bind,ro "$target" 2>/dev/null || true',
             "done",
             *mounts,
+            f"if [ ! -e {root}/wsgi.py ]; then",
+            f"  mkdir -p {root} && mount --bind /mnt {root} && mount -o remount,bind,ro {root}",
+            "fi",
+            f"cd {root}",
             # The remount must have worked, or this test would prove nothing.
             'if touch "$PWD/.write-probe" 2>/dev/null; then echo root is writable; exit 97; fi',
             'exec "$@"',
