@@ -61,8 +61,11 @@ class Child:
     def start(self):
         """Start (or start again) the process."""
         # bandit B404/B603: our own commands (this environment's flask and gunicorn), no shell,
-        # nothing a user typed.
-        self.process = subprocess.Popen(self.argv, env=self.env)  # nosec B603
+        # nothing a user typed. Its own process group, so that stopping it also reaches what it
+        # started (gunicorn's workers), whatever order they exit in.
+        self.process = subprocess.Popen(  # nosec B603
+            self.argv, env=self.env, start_new_session=True
+        )
         self.started = time.monotonic()
         self.restart_at = None
 
@@ -177,3 +180,7 @@ def _stop(processes, timeout=10):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        try:  # a gunicorn worker still finishing a request after its master exited
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
