@@ -25,8 +25,8 @@ from tests.fake_deribit import error_reply
 from tracker.config import ConfigError, load_config
 from tracker.extensions import db
 from tracker.jobs import fetch_prices
+from tracker.logs import JSONFormatter
 from tracker.models import insert_prices
-from tracker.observability import JSONFormatter
 
 DEAD_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/nowhere"
 

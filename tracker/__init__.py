@@ -11,7 +11,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from tracker import caching, observability, ratelimit, security
+from tracker import caching, logs, observability, ratelimit, security
 from tracker.config import ConfigError, load_config
 
 # Aliased: importing the tracker.api module below would shadow a plain `api` name here.
@@ -82,7 +82,7 @@ def create_app(test_config=None):
     app.json = ExactJSONProvider(app)
     app.config.update(API_SETTINGS)
     app.config.update(load_config(os.environ, test_config, instance_path=app.instance_path))
-    observability.configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
+    logs.configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
 
     db.init_app(app)
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):

@@ -16,8 +16,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tracker.deribit import DeribitClient, DeribitError, chart_range_for
 from tracker.extensions import db
+from tracker.metrics import record_backfill, record_fetches
 from tracker.models import BACKFILL, insert_prices, missing_slots, oldest_timestamp, stored_tickers
-from tracker.observability import record_backfill, record_fetches
 
 log = logging.getLogger(__name__)
 

@@ -1,62 +1,35 @@
-"""Operations: /healthz, /readyz, /metrics, the request log line with its request id, log setup."""
+"""Operations: /healthz, /readyz, /metrics, and every request's id and one log line."""
 
-import json
 import logging
 import re
 import time
 import uuid
-from datetime import UTC, datetime
 
-from flask import Response, current_app, g, has_request_context, request
+from flask import Response, current_app, g, request
 from flask.views import MethodView
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from tracker.extensions import Blueprint, db, redis_connection
+from tracker.extensions import Blueprint, db
 from tracker.extensions import api as rest_api
-from tracker.models import DAY_SECONDS, latest_price, missing_slots, window_slots
+from tracker.logs import first_line
+from tracker.metrics import (
+    HTTP_DURATION,
+    HTTP_REQUESTS,
+    metrics_registry,
+    newest_timestamps,
+    ops_redis,
+)
 from tracker.schemas import HealthSchema, ReadinessSchema
 
-log = logging.getLogger(__name__)
 request_log = logging.getLogger("tracker.request")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # An incoming id is kept only if it is short and safe to put in a log line and a header.
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
-# Fetch counts live in Redis: the worker counts, the web (another container) exports them.
-FETCHES_KEY = "tracker:metrics:fetches"
-# Seconds a probe or a scrape waits for Redis, so neither hangs while Redis is down.
-REDIS_TIMEOUT = 2
 # Label values are bounded: a client must not mint time series with made-up methods or paths.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# What every LogRecord has; anything else on a record came from `extra=` and goes in the JSON.
-RECORD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
-
-# Not in the global registry: /metrics builds its registry per scrape (see metrics_registry).
-# With PROMETHEUS_MULTIPROC_DIR set, prometheus_client keeps these in files shared by every
-# gunicorn worker, so any worker's scrape reports the sum over all of them.
-HTTP_REQUESTS = Counter(
-    "tracker_http_requests",
-    "HTTP requests answered, by endpoint, method and status.",
-    ["endpoint", "method", "status"],
-    registry=None,
-)
-HTTP_DURATION = Histogram(
-    "tracker_http_request_duration_seconds",
-    "Time to answer an HTTP request, by endpoint, method and status.",
-    ["endpoint", "method", "status"],
-    registry=None,
-)
 
 blp = Blueprint(
     "operations",
@@ -70,52 +43,6 @@ def init_app(app):
     app.before_request(_start_request)
     app.after_request(_finish_request)
     rest_api.register_blueprint(blp)
-
-
-# --- Logging -------------------------------------------------------------------------------
-
-
-class JSONFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and the record's extra fields."""
-
-    def format(self, record):
-        entry = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "pid": record.process,  # which gunicorn worker
-            "message": record.getMessage(),
-        }
-        entry.update({k: v for k, v in vars(record).items() if k not in RECORD_ATTRIBUTES})
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-class RequestIdFilter(logging.Filter):
-    """Tag every record logged while a request is handled with that request's id."""
-
-    def filter(self, record):
-        if not hasattr(record, "request_id") and has_request_context() and "request_id" in g:
-            record.request_id = g.request_id
-        return True
-
-
-def configure_logging(level, log_format):
-    """One stderr handler on the root logger, text or JSON; a second app replaces it."""
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, _TrackerHandler)]:
-        root.removeHandler(handler)
-    handler = _TrackerHandler()
-    formatter = JSONFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
-    handler.setFormatter(formatter)
-    handler.addFilter(RequestIdFilter())
-    root.addHandler(handler)
-    root.setLevel(level)
-
-
-class _TrackerHandler(logging.StreamHandler):
-    """Ours, so configure_logging can find and replace it without touching anyone else's."""
 
 
 # --- Requests: id, metrics, one log line ---------------------------------------------------
@@ -155,69 +82,6 @@ def _finish_request(response):
         },
     )
     return response
-
-
-# --- Shared state: newest prices (PostgreSQL), fetch counts (Redis) --------------------------
-
-
-def newest_timestamps():
-    """The timestamp of the newest price of every tracked ticker, None when it has none."""
-    newest = {}
-    for ticker in current_app.config["TICKERS"]:
-        row = latest_price(ticker)  # one primary-key index lookup
-        newest[ticker] = row[2] if row else None  # (ticker, price, timestamp)
-    return newest
-
-
-def _redis():
-    """The app's Redis client for probes, scrapes and fetch counts, with short timeouts.
-
-    Created once per process and kept: its pool reuses the connection instead of opening a
-    new one for every probe, scrape and fetch cycle (and reconnects after an outage).
-    """
-    connection = current_app.extensions.get("ops_redis")
-    if connection is None:
-        connection = redis_connection(
-            socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT
-        )
-        current_app.extensions["ops_redis"] = connection
-    return connection
-
-
-def record_fetches(stored, duplicate, failures):
-    """Count one fetch cycle's outcome per ticker in Redis; `failures` maps ticker to reason.
-
-    Counting where every process can see it is what makes the numbers global: the worker
-    runs the fetches, a web worker in another container answers the scrape.
-    """
-    fields = [f"stored|{t}|" for t in stored] + [f"duplicate|{t}|" for t in duplicate]
-    fields += [f"failed|{t}|{reason}" for t, reason in failures.items()]
-    try:
-        pipeline = _redis().pipeline(transaction=False)
-        for field in fields:
-            pipeline.hincrby(FETCHES_KEY, field, 1)
-        pipeline.execute()
-    except RedisError as exc:
-        # The prices are stored; only their counts are lost, which must not fail the job.
-        log.warning("fetch counts not recorded, Redis unavailable: %s", exc)
-
-
-def record_backfill(filled):
-    """Count backfilled rows per ticker in Redis, next to the fetch counts; {ticker: rows}."""
-    try:
-        pipeline = _redis().pipeline(transaction=False)
-        for ticker, rows in filled.items():
-            if rows:
-                pipeline.hincrby(FETCHES_KEY, f"backfilled|{ticker}|", rows)
-        pipeline.execute()
-    except RedisError as exc:
-        log.warning("backfill counts not recorded, Redis unavailable: %s", exc)
-
-
-def fetch_counts():
-    """{(outcome, ticker, reason): count} of every fetch since the counts began."""
-    raw = _redis().hgetall(FETCHES_KEY)
-    return {tuple(field.decode().split("|", 2)): int(count) for field, count in raw.items()}
 
 
 # --- Probes ----------------------------------------------------------------------------------
@@ -262,12 +126,12 @@ def readiness_checks():
         checks["database"] = {"ok": True}
     except SQLAlchemyError as exc:
         db.session.rollback()
-        checks["database"] = {"ok": False, "error": _first_line(exc)}
+        checks["database"] = {"ok": False, "error": first_line(exc)}
     try:
-        _redis().ping()
+        ops_redis().ping()
         checks["redis"] = {"ok": True}
     except RedisError as exc:
-        checks["redis"] = {"ok": False, "error": _first_line(exc)}
+        checks["redis"] = {"ok": False, "error": first_line(exc)}
     checks["prices"] = _prices_check(newest)
     return checks
 
@@ -289,10 +153,6 @@ def _prices_check(newest):
     if problems:
         check["error"] = "; ".join(problems)
     return check
-
-
-def _first_line(exc):
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 # --- Metrics ---------------------------------------------------------------------------------
@@ -318,104 +178,3 @@ class Metrics(MethodView):
         # content_type, not mimetype: CONTENT_TYPE_LATEST already carries its charset, and
         # mimetype= would append a second one.
         return Response(generate_latest(metrics_registry()), content_type=CONTENT_TYPE_LATEST)
-
-
-def metrics_registry():
-    """A registry for one scrape: HTTP metrics of every worker plus state read right now."""
-    registry = CollectorRegistry()
-    path = current_app.config["PROMETHEUS_MULTIPROC_DIR"]
-    if path:
-        MultiProcessCollector(registry, path=path)
-    else:  # a single process: its own counters are the totals
-        registry.register(HTTP_REQUESTS)
-        registry.register(HTTP_DURATION)
-    registry.register(SharedStateCollector())
-    return registry
-
-
-class SharedStateCollector:
-    """Fetch counts from Redis and price ages from the database, read at scrape time."""
-
-    def describe(self):
-        return []  # families depend on what the sources hold; nothing to check up front
-
-    def collect(self):
-        errors = GaugeMetricFamily(
-            "tracker_scrape_error",
-            "1 when this scrape could not read the source; its metrics are missing.",
-            labels=["source"],
-        )
-        try:
-            newest = newest_timestamps()
-        except SQLAlchemyError as exc:
-            db.session.rollback()
-            log.warning("metrics: database unavailable: %s", _first_line(exc))
-            errors.add_metric(["database"], 1)
-        else:
-            errors.add_metric(["database"], 0)
-            yield _price_ages(newest)
-            yield _missing_slots()
-        try:
-            counts = fetch_counts()
-        except RedisError as exc:
-            log.warning("metrics: Redis unavailable: %s", _first_line(exc))
-            errors.add_metric(["redis"], 1)
-        else:
-            errors.add_metric(["redis"], 0)
-            yield from _fetch_families(counts)
-        yield errors
-
-
-def _price_ages(newest):
-    ages = GaugeMetricFamily(
-        "tracker_price_age_seconds",
-        "Seconds since the newest stored price of the ticker (absent while it has none).",
-        labels=["ticker"],
-    )
-    now = time.time()
-    for ticker, timestamp in newest.items():
-        if timestamp is not None:
-            ages.add_metric([ticker], now - timestamp)
-    return ages
-
-
-def _missing_slots():
-    gauge = GaugeMetricFamily(
-        "tracker_missing_slots",
-        "Slots of the last 24 hours (the one in progress left out) with no stored price.",
-        labels=["ticker"],
-    )
-    interval = current_app.config["FETCH_INTERVAL"]
-    first, last = window_slots(interval, DAY_SECONDS, time.time())
-    for ticker in current_app.config["TICKERS"]:
-        gauge.add_metric([ticker], missing_slots(ticker, interval, first, last)[2])
-    return gauge
-
-
-def _fetch_families(counts):
-    fetches = CounterMetricFamily(
-        "tracker_fetches",
-        "Ticker fetches by outcome: stored, duplicate (already stored for the slot) or failed.",
-        labels=["ticker", "outcome"],
-    )
-    failures = CounterMetricFamily(
-        "tracker_fetch_failures",
-        "Failed ticker fetches by reason.",
-        labels=["ticker", "reason"],
-    )
-    backfilled = CounterMetricFamily(
-        "tracker_backfilled_rows",
-        "Rows the backfill filled from Deribit's chart data, by ticker.",
-        labels=["ticker"],
-    )
-    by_outcome = {}
-    for (outcome, ticker, reason), count in sorted(counts.items()):
-        if outcome == "backfilled":
-            backfilled.add_metric([ticker], count)
-            continue
-        by_outcome[ticker, outcome] = by_outcome.get((ticker, outcome), 0) + count
-        if outcome == "failed":
-            failures.add_metric([ticker, reason], count)
-    for (ticker, outcome), count in by_outcome.items():
-        fetches.add_metric([ticker, outcome], count)
-    return fetches, failures, backfilled

@@ -36,6 +36,17 @@ def _shift(width):
     return (-(WEEK_OFFSET if width == WEEK else 0)) % width
 
 
+# The columns of a candle page, either query: exact prices, the bucket, and whether more follow.
+CANDLE_COLUMNS = {
+    "bucket": BigInteger,
+    "open": ExactDecimal,
+    "high": ExactDecimal,
+    "low": ExactDecimal,
+    "close": ExactDecimal,
+    "observations": BigInteger,
+    "more": Boolean,
+}
+
 # Candles of the buckets of [low, high], newest first, in one pass over the index range.
 # Each row of the range learns its bucket's open/close (first/last by time) and low/high
 # (first/last by value) from two windows, and one row per bucket is kept: ties for the high
@@ -73,15 +84,7 @@ _CANDLES = text(
                    WHERE ticker = :ticker AND timestamp BETWEEN :oldest AND :before) AS more
     FROM ranked WHERE position = 1 ORDER BY bucket DESC
     """
-).columns(
-    bucket=BigInteger,
-    open=ExactDecimal,
-    high=ExactDecimal,
-    low=ExactDecimal,
-    close=ExactDecimal,
-    observations=BigInteger,
-    more=Boolean,
-)
+).columns(**CANDLE_COLUMNS)
 # A page on PostgreSQL: the same candles and `more`, for the buckets of [low, high] (`low` and
 # high + 1 boundaries, at most 1,000 buckets apart), each aggregated over its own primary-key
 # index range with no sort: 730 daily candles over 1.05 million rows take a fifth of the window
@@ -116,15 +119,7 @@ _CANDLE_PAGE_POSTGRESQL = text(
     WHERE totals.observations > 0
     ORDER BY bucket DESC
     """
-).columns(
-    bucket=BigInteger,
-    open=ExactDecimal,
-    high=ExactDecimal,
-    low=ExactDecimal,
-    close=ExactDecimal,
-    observations=BigInteger,
-    more=Boolean,
-)
+).columns(**CANDLE_COLUMNS)
 _CANDLE_PAGE = {"postgresql": _CANDLE_PAGE_POSTGRESQL, "sqlite": _CANDLES}
 _NEWEST_IN = text(
     """
