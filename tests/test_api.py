@@ -9,7 +9,8 @@ from sqlalchemy.engine import make_url
 
 from tests.conftest import ADMIN_DATABASE_URL, admin_connection
 from tracker.models import insert_prices
-from tracker.schemas import PricePageSchema, PriceSchema, encode_cursor
+from tracker.responses import PricePageSchema, PriceSchema
+from tracker.schemas import encode_cursor
 
 DAY = int(datetime(2026, 11, 23, tzinfo=UTC).timestamp())  # 2026-11-23T00:00:00Z
 

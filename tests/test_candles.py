@@ -7,7 +7,8 @@ import pytest
 
 from tests.test_api import DAY, seed, walk
 from tracker.queries import bucket_start
-from tracker.schemas import CandlePageSchema, encode_cursor
+from tracker.responses import CandlePageSchema
+from tracker.schemas import encode_cursor
 
 HOUR = 3600
 CANDLES = "/api/v1/candles?ticker=btc_usd"

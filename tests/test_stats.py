@@ -3,7 +3,7 @@
 from decimal import Decimal
 
 from tests.test_api import DAY, seed
-from tracker.schemas import PriceStatsSchema
+from tracker.responses import PriceStatsSchema
 
 STATS = "/api/v1/prices/stats?ticker=btc_usd"
 

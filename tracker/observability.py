@@ -21,7 +21,7 @@ from tracker.metrics import (
     newest_timestamps,
     ops_redis,
 )
-from tracker.schemas import HealthSchema, ReadinessSchema
+from tracker.responses import HealthSchema, ReadinessSchema
 
 request_log = logging.getLogger("tracker.request")
 

@@ -16,7 +16,8 @@ from tracker.api.formats import (
 from tracker.caching import range_ends_at
 from tracker.models import stream
 from tracker.queries import INTERVALS, bucket_start, candle_page, candle_statement
-from tracker.schemas import CandleArgsSchema, CandlePageSchema, encode_cursor
+from tracker.responses import CandlePageSchema
+from tracker.schemas import CandleArgsSchema, encode_cursor
 
 CANDLE_EXAMPLE = {
     "time": 1763924400,

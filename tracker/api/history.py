@@ -18,13 +18,8 @@ from tracker.models import (
     stored_slots,
     window_slots,
 )
-from tracker.schemas import (
-    GapReportSchema,
-    GapsArgsSchema,
-    PriceFormatArgsSchema,
-    TickerListSchema,
-    as_price_format,
-)
+from tracker.responses import GapReportSchema, TickerListSchema
+from tracker.schemas import GapsArgsSchema, PriceFormatArgsSchema, as_price_format
 
 GAPS_EXAMPLE = {
     "ticker": "btc_usd",

@@ -20,13 +20,11 @@ from tracker.caching import range_ends_at
 from tracker.extensions import ErrorSchema
 from tracker.models import LAST, latest_price, price_at, price_page, price_range, stream
 from tracker.queries import range_stats
+from tracker.responses import PricePageSchema, PriceSchema, PriceStatsSchema
 from tracker.schemas import (
     ByDateArgsSchema,
     PriceAtArgsSchema,
-    PricePageSchema,
     PriceQueryArgsSchema,
-    PriceSchema,
-    PriceStatsSchema,
     StatsArgsSchema,
     TickerPriceArgsSchema,
     as_price_format,
