@@ -341,6 +341,8 @@ def range_timings(base_url, rows, last, runs=5):
             "rows": rows,
             "items": len(items) if items is not None else 1,
             "read": sum(c["count"] for c in items) if items is not None else body["count"],
+            # The buckets the candles span, oldest to newest start (None for statistics).
+            "span": [items[-1]["time"], items[0]["time"]] if items else None,
             "median_ms": round(statistics.median(elapsed), 1),
             "best_ms": round(min(elapsed), 1),
         }
