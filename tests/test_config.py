@@ -38,6 +38,22 @@ def test_user_database_urls_map_to_psycopg2(url):
     assert config["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg2://u:p@db:5432/crypto_prices"
 
 
+def test_read_database_url_moves_only_the_read_pool():
+    primary = "postgresql://u:p@primary:5432/crypto_prices"
+    same = load_config({"DATABASE_URL": primary})
+    assert same["SQLALCHEMY_BINDS"]["read"]["url"] == same["SQLALCHEMY_DATABASE_URI"]
+    config = load_config({"DATABASE_URL": primary, "READ_DATABASE_URL": "postgres://u:p@replica/x"})
+    assert (
+        config["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg2://u:p@primary:5432/crypto_prices"
+    )
+    assert config["SQLALCHEMY_BINDS"]["read"]["url"] == "postgresql+psycopg2://u:p@replica/x"
+    # The replica's pool keeps the statement timeout and JIT setting of the primary's.
+    assert (
+        config["SQLALCHEMY_BINDS"]["read"]["connect_args"]["options"]
+        == (config["SQLALCHEMY_ENGINE_OPTIONS"]["connect_args"]["options"])
+    )
+
+
 def test_tickers_are_normalised():
     config = load_config({"TICKERS": " BTC_USD, eth_usd ,btc_usd,sol_usdc"})
     assert config["TICKERS"] == ("btc_usd", "eth_usd", "sol_usdc")
@@ -69,6 +85,13 @@ def test_intervals_map_to_clock_aligned_cron(seconds, cron):
         ({"TICKERS": " , "}, "TICKERS has an invalid index name"),
         ({"DATABASE_URL": "not a url"}, "DATABASE_URL is not a database URL"),
         ({"DATABASE_URL": "mysql://db/x"}, "DATABASE_URL must be a postgresql:// or sqlite:///"),
+        ({"READ_DATABASE_URL": "not a url"}, "READ_DATABASE_URL is not a database URL"),
+        ({"READ_DATABASE_URL": "mysql://db/x"}, "READ_DATABASE_URL must be a postgresql://"),
+        ({"READ_DATABASE_URL": "postgresql://replica/x"}, "READ_DATABASE_URL must be a postgresql"),
+        (
+            {"DATABASE_URL": "postgresql://db/x", "READ_DATABASE_URL": "sqlite:///copy.db"},
+            "READ_DATABASE_URL must be a postgresql:// URL, and DATABASE_URL too",
+        ),
         ({"REDIS_URL": "http://redis:6379"}, "REDIS_URL must be a redis:// URL"),
         ({"REDIS_URL": "redis://redis:port/0"}, "REDIS_URL has an invalid port"),
         ({"DERIBIT_BASE_URL": "www.deribit.com"}, "DERIBIT_BASE_URL must be an http(s):// URL"),

@@ -12,6 +12,8 @@ from sqlalchemy.exc import ArgumentError
 DEFAULTS = {
     # Empty: a SQLite file in the app's instance folder (the laptop default; see README).
     "DATABASE_URL": "",
+    # A PostgreSQL streaming replica for the API's reads; empty: DATABASE_URL (docs/SCALING.md).
+    "READ_DATABASE_URL": "",
     "REDIS_URL": "redis://127.0.0.1:6379/0",
     "DERIBIT_BASE_URL": "https://www.deribit.com/api/v2",
     "DERIBIT_TIMEOUT": "5",
@@ -55,6 +57,7 @@ def load_config(environ, overrides=None, instance_path="instance"):
     interval = _positive_int("FETCH_INTERVAL", raw["FETCH_INTERVAL"])
     backfill_interval = _positive_int("BACKFILL_INTERVAL", raw["BACKFILL_INTERVAL"])
     database_url = database_uri(raw["DATABASE_URL"] or f"sqlite:///{instance_path}/tracker.db")
+    read_database_url = _read_database_url(raw["READ_DATABASE_URL"], database_url)
     engine_options = _engine_options(
         database_url, _positive_int("DB_STATEMENT_TIMEOUT_MS", raw["DB_STATEMENT_TIMEOUT_MS"])
     )
@@ -79,9 +82,11 @@ def load_config(environ, overrides=None, instance_path="instance"):
         # round trip per SELECT instead of BEGIN, SELECT, ROLLBACK (switching a pooled
         # connection to autocommit and back costs a round trip too). No pre-ping there: its
         # SELECT 1 was 17 % of a /prices/latest request (py-spy); reads retry once instead.
+        # With READ_DATABASE_URL this pool alone goes to the replica: jobs, migrations and
+        # everything else that writes stay on DATABASE_URL.
         "SQLALCHEMY_BINDS": {
             READ_BIND: {
-                "url": database_url,
+                "url": read_database_url,
                 **engine_options,
                 "isolation_level": "AUTOCOMMIT",
                 "pool_pre_ping": False,
@@ -96,7 +101,7 @@ def load_config(environ, overrides=None, instance_path="instance"):
     return config
 
 
-def database_uri(url):
+def database_uri(url, name="DATABASE_URL"):
     """Map the URLs users write (postgres://, postgresql://) to the psycopg2 driver we install.
 
     SQLAlchemy 2.1 would read postgresql:// as psycopg 3, which is not installed.
@@ -104,14 +109,27 @@ def database_uri(url):
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
-        raise ConfigError(f"DATABASE_URL is not a database URL: {url!r}") from exc
+        raise ConfigError(f"{name} is not a database URL: {url!r}") from exc
     if parsed.drivername in ("postgres", "postgresql", "postgresql+psycopg2"):
         return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
     if parsed.drivername == "sqlite" and parsed.database:
         return url
     raise ConfigError(
-        f"DATABASE_URL must be a postgresql:// or sqlite:///path URL, got {parsed.drivername}://"
+        f"{name} must be a postgresql:// or sqlite:///path URL, got {parsed.drivername}://"
     )
+
+
+def _read_database_url(value, database_url):
+    """The API's read pool: a PostgreSQL replica of DATABASE_URL, or DATABASE_URL itself."""
+    if not str(value).strip():
+        return database_url
+    url = database_uri(str(value).strip(), "READ_DATABASE_URL")
+    # SQLite has no replicas: a second file would be another database, not a copy of this one.
+    if not (url.startswith("postgresql") and database_url.startswith("postgresql")):
+        raise ConfigError(
+            "READ_DATABASE_URL must be a postgresql:// URL, and DATABASE_URL too (its primary)"
+        )
+    return url
 
 
 def cron_for_interval(seconds, name="FETCH_INTERVAL"):

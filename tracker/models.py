@@ -315,15 +315,16 @@ STREAM_BATCH_ROWS = 5000
 def stream(query, params, batch_rows=STREAM_BATCH_ROWS):
     """The rows of a read-only query, in lists of up to `batch_rows`, however many there are.
 
-    On PostgreSQL a server-side cursor (DECLARE ... FETCH) in a transaction on the default
-    pool: the rows stay in the database until fetched, so memory is flat for a year of
-    minutes or all of history, and each FETCH is its own statement under the statement
-    timeout. SQLite's cursor steps through the rows as they are read. The connection goes back
-    to its pool when the generator ends or is closed (a client that hung up).
+    On PostgreSQL a server-side cursor (DECLARE ... FETCH) in a transaction on the read pool
+    (so on the replica with READ_DATABASE_URL): the rows stay in the database until fetched,
+    so memory is flat for a year of minutes or all of history, and each FETCH is its own
+    statement under the statement timeout. SQLite's cursor steps through the rows as they are
+    read. The connection goes back to its pool when the generator ends or is closed (a client
+    that hung up).
     """
-    engine = db.engine
+    engine = db.engines[READ_BIND]
     if engine.dialect.name != "postgresql":
-        with db.engines[READ_BIND].connect() as connection:
+        with engine.connect() as connection:
             result = connection.execution_options(yield_per=batch_rows).execute(query, params)
             for batch in result.partitions(batch_rows):
                 yield [tuple(row) for row in batch]
@@ -334,7 +335,12 @@ def stream(query, params, batch_rows=STREAM_BATCH_ROWS):
         connection = engine.raw_connection()
     except psycopg2.Error as exc:
         raise DBAPIError.instance(sql, params, exc, psycopg2.Error) from exc
+    dbapi_connection = connection.dbapi_connection
     try:
+        # The read pool is autocommit, and a cursor without a transaction ends with its
+        # DECLARE. psycopg2 switches this on the client alone (no round trip): BEGIN comes
+        # with the DECLARE, and the pool gets the connection back in autocommit.
+        dbapi_connection.autocommit = False
         with connection.cursor(name="stream") as cursor:
             cursor.itersize = batch_rows
             cursor.execute(sql, params)
@@ -343,7 +349,12 @@ def stream(query, params, batch_rows=STREAM_BATCH_ROWS):
     except psycopg2.Error as exc:
         raise DBAPIError.instance(sql, params, exc, psycopg2.Error) from exc
     finally:
-        connection.close()  # rolls back: the cursor and its transaction end
+        try:
+            dbapi_connection.rollback()  # the cursor and its transaction end
+            dbapi_connection.autocommit = True
+        except psycopg2.Error:
+            connection.invalidate()  # a dead connection: the pool opens a new one
+        connection.close()
 
 
 @functools.cache
