@@ -199,14 +199,15 @@ def runner(app):
     return app.test_cli_runner()
 
 
-def installed(name, hint):
-    """The path of an installed program, or skip the test without it.
+def installed(name, hint, where=""):
+    """The path of an installed program (on PATH, or in the directory `where`), or skip the
+    test without it.
 
     Under CI (`CI=true`, which .ci/run sets) a missing program fails the test instead: CI
     installs every program the suite needs, so a skip there would hide a test that never ran.
     """
     # /usr/sbin is where Debian puts nginx, and not on every user's PATH.
-    path = shutil.which(name, path=f"{os.environ.get('PATH', '')}:/usr/sbin")
+    path = shutil.which(name, path=f"{os.environ.get('PATH', '')}:/usr/sbin:{where}")
     if path is None:
         message = f"{name} is not installed ({hint})"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):

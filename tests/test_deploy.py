@@ -26,7 +26,7 @@ DOCKERFILE = (ROOT / "Dockerfile").read_text()
 GUNICORN_SETTINGS = set(
     re.findall(r'"(GUNICORN_[A-Z_]+)"', (ROOT / "gunicorn.conf.py").read_text())
 )
-COMPOSE_ONLY = {"POSTGRES_USER", "POSTGRES_PASSWORD", "WEB_PORT"}
+COMPOSE_ONLY = {"POSTGRES_USER", "POSTGRES_PASSWORD", "WEB_PORT", "DATABASE_HOST"}
 KNOWN = set(DEFAULTS) | GUNICORN_SETTINGS | {"PROMETHEUS_MULTIPROC_DIR"} | COMPOSE_ONLY
 
 
@@ -36,7 +36,9 @@ def env_example_names():
 
 
 def test_compose_declares_the_stack():
-    assert set(SERVICES) == {"db", "redis", *APP_SERVICES}
+    assert set(SERVICES) == {"db", "redis", *APP_SERVICES, "pgbouncer"}
+    # Everything but PgBouncer starts with a plain `docker compose up`.
+    assert [name for name in SERVICES if "profiles" in SERVICES[name]] == ["pgbouncer"]
     assert {SERVICES[name]["command"] for name in APP_SERVICES} == {
         "flask db upgrade",
         "gunicorn wsgi:app",
@@ -55,16 +57,43 @@ def test_long_running_services_are_restarted_and_the_migration_is_not():
 
 
 def test_app_services_wait_for_a_healthy_database_and_the_migration():
-    assert SERVICES["migrate"]["depends_on"] == {"db": {"condition": "service_healthy"}}
+    assert SERVICES["migrate"]["depends_on"] == {
+        "db": {"condition": "service_healthy"},
+        "pgbouncer": OPTIONAL_PGBOUNCER,
+    }
     assert SERVICES["migrate"]["restart"] == "no"
     for name in ("web", "worker", "scheduler"):
         depends = SERVICES[name]["depends_on"]
         assert depends["migrate"] == {"condition": "service_completed_successfully"}, name
         assert depends["db"] == {"condition": "service_healthy"}, name
         assert depends["redis"] == {"condition": "service_healthy"}, name
+        assert depends["pgbouncer"] == OPTIONAL_PGBOUNCER, name
     assert "pg_isready" in " ".join(SERVICES["db"]["healthcheck"]["test"])
     assert SERVICES["db"]["volumes"] == ["db-data:/var/lib/postgresql/data"]
     assert "db-data" in COMPOSE["volumes"]
+
+
+# Waited for when its profile runs it; no requirement when it does not.
+OPTIONAL_PGBOUNCER = {"condition": "service_started", "required": False}
+
+
+def test_the_pgbouncer_profile_runs_docs_pgbouncer_ini_in_transaction_mode():
+    """`--profile pgbouncer` plus DATABASE_HOST=pgbouncer puts PgBouncer between app and db;
+    tests/test_scaling.py runs the same ini with a real pgbouncer."""
+    pgbouncer = SERVICES["pgbouncer"]
+    assert pgbouncer["profiles"] == ["pgbouncer"]
+    assert re.fullmatch(r"edoburu/pgbouncer:v\d+\.\d+\.\d+-p\d+", pgbouncer["image"])  # pinned
+    assert pgbouncer["volumes"] == ["./docs/pgbouncer.ini:/etc/pgbouncer/pgbouncer.ini:ro"]
+    assert pgbouncer["depends_on"] == {"db": {"condition": "service_healthy"}}
+    assert pgbouncer["environment"]["DB_USER"] == SERVICES["db"]["environment"]["POSTGRES_USER"]
+    ini = (ROOT / "docs" / "pgbouncer.ini").read_text()
+    assert re.search(r"^pool_mode = transaction$", ini, re.MULTILINE)
+    assert re.search(r"^listen_port = 5432$", ini, re.MULTILINE)
+    assert re.search(r"^crypto_prices = host=db port=5432 dbname=crypto_prices ", ini, re.MULTILINE)
+    database_url = SERVICES["web"]["environment"]["DATABASE_URL"]
+    assert "@${DATABASE_HOST:-db}:5432/crypto_prices" in database_url
+    # The timeout PgBouncer sets is the app's default one (compose does not change it).
+    assert f"SET statement_timeout = {DEFAULTS['DB_STATEMENT_TIMEOUT_MS']};" in ini
 
 
 def test_only_the_web_has_a_healthcheck_and_it_probes_healthz():
