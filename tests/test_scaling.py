@@ -14,6 +14,8 @@ from types import SimpleNamespace
 import psycopg2
 import pytest
 import requests
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -30,9 +32,10 @@ from tests.conftest import (
 )
 from tests.test_e2e import wait_for
 from tests.test_proxy import T0, render_nginx_conf, seed
-from tracker.config import READ_BIND
-from tracker.extensions import db
+from tracker.config import READ_BIND, load_config
+from tracker.extensions import db, fetch_queue
 from tracker.models import STREAM_BATCH_ROWS, insert_prices
+from tracker.schedule import periodic_jobs
 
 # Debian's PostgreSQL 15 server programs (initdb, pg_ctl, pg_basebackup): not on PATH.
 PG_BIN = "/usr/lib/postgresql/15/bin"
@@ -282,7 +285,7 @@ def test_a_web_server_stopped_under_load_fails_no_request(app, spawn, tmp_path, 
         time.sleep(2)
         victim, survivor = webs
         assert access_lines(victim) > 0 and access_lines(survivor) > 0  # both take turns
-        # A gunicorn worker holds one read connection per thread (docs/SCALING.md#connections-pgbouncer):
+        # A gunicorn worker holds one read connection per thread (docs/SCALING.md, Connections):
         # two servers x one worker x GUNICORN_THREADS, and this test's own app (seed) one.
         connections = database_connections(app)
         assert connections <= 2 * 1 * 2 + 1, connections
@@ -419,3 +422,58 @@ def test_the_app_works_through_pgbouncer_in_transaction_mode(make_app, deribit, 
     assert len(rest) + 1 == rows + 1  # every stored eth_usd row: the seeded ones and the fetched
     candles = requests.get(f"{api}/candles?ticker=eth_usd&interval=1d", timeout=5)
     assert candles.status_code == 200 and candles.json()["items"], candles.text
+
+
+# --- Work: a standby scheduler ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # never opened
+def test_a_standby_scheduler_carries_on_when_the_other_is_killed(spawn, redis_conn):
+    """Two `flask scheduler` processes at FETCH_INTERVAL=2, no worker; one is SIGKILLed (it
+    cannot free its lock or registration): the other keeps enqueuing, each slot once."""
+    interval = 2
+    first = spawn(command("flask", "scheduler"), FETCH_INTERVAL=interval)
+    job_id = periodic_jobs(load_config({"FETCH_INTERVAL": str(interval)}))[0].id
+    queue = fetch_queue(redis_conn)
+    enqueued_at = []
+
+    def watch(seconds, processes):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for process in processes:
+                assert process.poll() is None, read_log(process)
+            try:
+                at = Job.fetch(job_id, connection=redis_conn).enqueued_at
+            except NoSuchJobError:  # not scheduled yet
+                at = None
+            if at is not None and at.timestamp() not in enqueued_at:  # None: not enqueued yet
+                enqueued_at.append(at.timestamp())
+            time.sleep(0.05)
+
+    # The first one runs the schedule alone for a while, then the standby joins.
+    watch(3, [first])
+    schedulers = [first, spawn(command("flask", "scheduler"), FETCH_INTERVAL=interval)]
+    watch(3, schedulers)
+    # Just after a run: the lock (held for the milliseconds of an enqueue) is free again, so
+    # this measures the standby, not the lock's expiry (KEY_SECONDS), the worst case.
+    runs = len(enqueued_at)
+    while len(enqueued_at) == runs:
+        watch(0.05, schedulers)
+    time.sleep(0.1)
+    killed_at = time.time()
+    os.killpg(schedulers[0].pid, signal.SIGKILL)
+    schedulers[0].wait(timeout=10)
+    watch(12, schedulers[1:])
+
+    after = [at for at in enqueued_at if at > killed_at]
+    gaps = [b - a for a, b in zip(enqueued_at[runs:], enqueued_at[runs + 1 :], strict=False)]
+    print(
+        f"\nscheduler killed: {len(after)} runs in the 12 s after, longest gap between runs"
+        f" {max(gaps):.1f} s (runs due every {interval} s)"
+    )
+    assert queue.job_ids.count(job_id) == len(enqueued_at)  # no slot enqueued twice
+    assert len({int(at) for at in enqueued_at}) == len(enqueued_at)
+    # Every slot after the kill has its run (each up to a second late on a busy machine); a
+    # slot missed would leave a gap of two intervals.
+    assert max(gaps) < 2 * interval - 0.5, gaps
+    assert len(after) >= 12 / interval - 1, after
