@@ -356,6 +356,8 @@ def test_connections_a_database_restart_dropped_are_replaced_without_an_error(
     finally:
         connection.close()
     for url in [
+        # First: a stream's cursor meets the dead connection (a read would replace the pool).
+        "/api/v1/prices?ticker=btc_usd&format=csv",
         "/api/v1/prices/latest?ticker=btc_usd",
         "/api/v1/prices?ticker=btc_usd",
         f"/api/v1/prices/at?ticker=btc_usd&timestamp={DAY}",

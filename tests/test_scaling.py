@@ -1,5 +1,6 @@
-"""Scaling out (docs/SCALING.md): the API reading from a real PostgreSQL streaming replica, and
-two gunicorn servers behind one nginx upstream losing one of them under load."""
+"""Scaling out (docs/SCALING.md), with the real programs on loopback: the API reading from a
+PostgreSQL streaming replica, two gunicorn servers behind one nginx upstream losing one under
+load, a standby scheduler, and the app through PgBouncer in transaction mode."""
 
 import os
 import shutil
@@ -64,17 +65,8 @@ class Cluster:
     def start(self):
         # fsync off: a test cluster that a crash loses costs nothing.
         options = f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1"
-        self.run(
-            "pg_ctl",
-            "-D",
-            self.data,
-            "-l",
-            self.log,
-            "-o",
-            f"{options} -c fsync=off",
-            "-w",
-            "start",
-        )
+        self.run("pg_ctl", "-D", self.data, "-l", self.log, "-o", f"{options} -c fsync=off",
+                 "-w", "start")  # fmt: skip
 
     def stop(self):
         if (self.data / "postmaster.pid").exists():

@@ -331,30 +331,52 @@ def stream(query, params, batch_rows=STREAM_BATCH_ROWS):
         return
     sql, defaults = _compiled(query, engine.dialect)
     params = {**defaults, **params}
-    try:
-        connection = engine.raw_connection()
-    except psycopg2.Error as exc:
-        raise DBAPIError.instance(sql, params, exc, psycopg2.Error) from exc
-    dbapi_connection = connection.dbapi_connection
-    try:
-        # The read pool is autocommit, and a cursor without a transaction ends with its
-        # DECLARE. psycopg2 switches this on the client alone (no round trip): BEGIN comes
-        # with the DECLARE, and the pool gets the connection back in autocommit.
-        dbapi_connection.autocommit = False
-        with connection.cursor(name="stream") as cursor:
+    for attempt in (1, 2):
+        try:
+            connection = engine.raw_connection()
+        except psycopg2.Error as exc:
+            raise DBAPIError.instance(sql, params, exc, psycopg2.Error) from exc
+        cursor = None
+        try:
+            # The read pool is autocommit, and a cursor outside a transaction ends with its
+            # DECLARE. psycopg2 switches this on the client alone (no round trip): BEGIN goes
+            # with the DECLARE, and the pool gets the connection back in autocommit.
+            connection.dbapi_connection.autocommit = False
+            cursor = connection.cursor(name="stream")
             cursor.itersize = batch_rows
             cursor.execute(sql, params)
-            while batch := cursor.fetchmany(batch_rows):
-                yield batch
+            batch = cursor.fetchmany(batch_rows)
+            break
+        except psycopg2.Error as exc:
+            dead = connection.dbapi_connection.closed
+            _end_stream(connection, cursor)
+            # As in read(): no pre-ping on this pool, so a connection a database restart
+            # killed fails here once, before any row was sent; the stream starts again.
+            if attempt == 1 and dead:
+                engine.dispose()
+                continue
+            raise DBAPIError.instance(sql, params, exc, psycopg2.Error) from exc
+    try:
+        while batch:
+            yield batch
+            batch = cursor.fetchmany(batch_rows)
     except psycopg2.Error as exc:
         raise DBAPIError.instance(sql, params, exc, psycopg2.Error) from exc
     finally:
-        try:
-            dbapi_connection.rollback()  # the cursor and its transaction end
-            dbapi_connection.autocommit = True
-        except psycopg2.Error:
-            connection.invalidate()  # a dead connection: the pool opens a new one
-        connection.close()
+        _end_stream(connection, cursor)
+
+
+def _end_stream(connection, cursor):
+    """Close a stream's cursor and transaction; its connection goes back to the read pool in
+    autocommit, or is dropped if it died."""
+    try:
+        if cursor is not None:
+            cursor.close()
+        connection.dbapi_connection.rollback()
+        connection.dbapi_connection.autocommit = True
+    except psycopg2.Error:
+        connection.invalidate()  # the pool opens a new one
+    connection.close()
 
 
 @functools.cache
