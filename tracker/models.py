@@ -173,6 +173,20 @@ _SLOTS_BY_SOURCE = text(
     """
 )
 
+# Every ticker with a row: one index probe per ticker (a loose index scan of the primary key)
+# rather than a read of every row. TICKERS=all falls back on it when Deribit cannot be asked.
+_STORED_TICKERS = text(
+    """
+    WITH RECURSIVE seen(ticker) AS (
+        SELECT min(ticker) FROM price_records
+        UNION ALL
+        SELECT (SELECT min(ticker) FROM price_records WHERE ticker > seen.ticker)
+        FROM seen WHERE seen.ticker IS NOT NULL
+    )
+    SELECT ticker FROM seen WHERE ticker IS NOT NULL
+    """
+)
+
 
 def latest_price(ticker):
     """The newest (ticker, price, timestamp) of `ticker`, or None."""
@@ -268,6 +282,11 @@ def stored_tickers(tickers, timestamp):
     """Which of `tickers` already have a row at `timestamp`."""
     query = select(Price.ticker).where(Price.ticker.in_(tickers), Price.timestamp == timestamp)
     return set(db.session.execute(query).scalars())
+
+
+def stored_ticker_names():
+    """Every ticker that has at least one stored price, sorted."""
+    return sorted(row[0] for row in read(_STORED_TICKERS))
 
 
 def read(query, **params):
