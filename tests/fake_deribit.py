@@ -38,6 +38,8 @@ INDEX_NAMES = (
 ).split()
 # The answer's shapes: ["btc_usd", ...] or [{"name": "btc_usd", ...}, ...] (extended=true).
 NAMES_SHAPES = ("strings", "objects")
+# The longest `hold_answers_until` keeps a request waiting for the rest of its wave.
+HOLD_SECONDS = 2.0
 # How far back each chart range reaches, and the default spacing of its points (Deribit does
 # not document the spacing; its own example of "1m" is hourly).
 CHART_SPANS = {"1h": 3600, "1d": 86400, "2d": 172800, "1m": 31 * 86400, "1y": 366 * 86400}
@@ -129,6 +131,7 @@ class FakeDeribit:
 
     def __init__(self, host="127.0.0.1", port=0, prices=None, latency=0.0, random_walk=False):
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self.reset(prices, latency, random_walk=random_walk)
         self._server = _Server((host, port), self._handler_class())
         self._server.daemon_threads = True
@@ -170,6 +173,11 @@ class FakeDeribit:
             self.client_ports = set()  # one per TCP connection a client opened
             self.in_flight = 0
             self.max_in_flight = 0  # most requests being answered at the same time
+            # With a number N: no answer leaves until N requests are in flight (or HOLD_SECONDS
+            # passed), so max_in_flight shows what the client sent at once, however slow the
+            # machine. Each wave of N is let go together.
+            self.hold_answers_until = None
+            self._wave = 0
             self._scripts = defaultdict(deque)
 
     def price_at(self, index_name, second):
@@ -216,6 +224,17 @@ class FakeDeribit:
     def requests_for(self, index_name):
         with self._lock:
             return [at for name, at in self.requests if name == index_name]
+
+    def _hold(self):
+        """With hold_answers_until set, wait (the lock held) until this request's wave is full."""
+        if not self.hold_answers_until:
+            return
+        if self.in_flight >= self.hold_answers_until:
+            self._wave += 1
+            self._arrived.notify_all()
+        else:
+            wave = self._wave
+            self._arrived.wait_for(lambda: self._wave != wave, timeout=HOLD_SECONDS)
 
     def start(self):
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -277,6 +296,7 @@ class FakeDeribit:
                     fake.client_ports.add(self.client_address[1])
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                    fake._hold()
                 try:
                     time.sleep(fake.latency + reply.delay)
                     self._send(reply)
