@@ -36,7 +36,7 @@ READ_BIND = "read"
 
 # Deribit index names: lower-case currency pairs such as btc_usd, eth_usdc, btcdvol_usdc.
 TICKER_RE = re.compile(r"^[a-z0-9]+_[a-z0-9]+$")
-# The width of price_records.ticker: a longer name would fail the whole INSERT of a cycle.
+# The width of price_records.ticker (models.py): a longer name would fail a whole cycle's INSERT.
 MAX_TICKER_LENGTH = 32
 # TICKERS=all: every index Deribit lists, asked once when each process starts (tracker/tickers.py).
 ALL_TICKERS = "all"

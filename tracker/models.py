@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
-from tracker.config import READ_BIND
+from tracker.config import MAX_TICKER_LENGTH, READ_BIND
 from tracker.extensions import db
 
 
@@ -92,7 +92,7 @@ class Price(db.Model):
         ),
     )
 
-    ticker = db.Column(String(32), primary_key=True)
+    ticker = db.Column(String(MAX_TICKER_LENGTH), primary_key=True)
     timestamp = db.Column(BigInteger, primary_key=True, autoincrement=False)
     # Unconstrained NUMERIC keeps exactly the digits Deribit sent: no float, no fixed scale.
     price = db.Column(ExactDecimal(), nullable=False)
