@@ -184,9 +184,8 @@ def test_requests_beyond_the_burst_are_paced_at_the_rate(deribit):
     client.session.close()
     assert all(isinstance(price, Decimal) for price in results.values())
     arrivals = sorted(at for _, at in deribit.requests)
-    # The first `burst` at once; request k after that no sooner than its turn. (Only a lower
-    # bound: a slow machine makes the gaps longer, never shorter.)
-    assert arrivals[burst - 1] - started < 1
+    # Past the first `burst`, request k no sooner than its turn. (Only a lower bound: a slow
+    # machine makes the gaps longer, never shorter.)
     for k in range(burst, 20):
         assert arrivals[k] - started >= (k - burst + 1) / rate - 0.02, k
 
