@@ -226,3 +226,16 @@ def test_web_and_flask_fetch_each_ask_deribit_once_at_start(app, spawn, deribit,
     assert sum(line.endswith("  stored") for line in read_log(fetch).splitlines()) == 50
     listed = requests.get(f"http://127.0.0.1:{port}/api/v1/tickers", timeout=5).json()
     assert all(entry["price"] is not None for entry in listed["tickers"])
+
+
+def test_a_worker_that_cannot_learn_the_list_exits_with_one_line_saying_why(
+    app, spawn, deribit, redis_conn
+):
+    """Deribit down on a first start (nothing stored): no silent loop, no empty list."""
+    deribit.outage = True
+    worker = spawn(command("flask", "worker"), TICKERS="all", DERIBIT_TIMEOUT="0.2")
+    assert worker.wait(timeout=60) == 1
+    log = read_log(worker)
+    assert "configuration error: TICKERS=all: Deribit's index list is unavailable" in log
+    assert "Traceback" not in log
+    assert deribit.names_requests == 3  # retried, then given up
