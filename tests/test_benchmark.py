@@ -12,6 +12,7 @@ import sys
 
 from tests.benchmark import ENDPOINTS, parse_wrk
 from tests.conftest import ROOT, TEST_REDIS_URL
+from tracker.deribit import MAX_CONNECTIONS
 
 WRK_OUTPUT = """Running 1s test @ http://127.0.0.1:8000
   2 threads and 4 connections
@@ -110,11 +111,16 @@ def test_bench_runs_end_to_end_on_a_tiny_table(redis_conn, tmp_path):
     during = results["latest_during_csv"]
     assert during["requests"] > 0 and during["errors"] == 0 and during["completed"] >= 2
     assert results["fetch"]["max_concurrent_requests"] == 2
+    # TICKERS=all over the fake's 50 indexes, never more at once than the client allows (how
+    # many were, a slow machine decides: tests/test_tickers.py checks it exactly).
+    assert results["fetch_all"]["tickers"] == 50
+    assert 0 < results["fetch_all"]["max_concurrent_requests"] <= MAX_CONNECTIONS
     assert results["rss_web_worker_kb"] > 0 and results["rss_rq_worker_kb"] > 0
     assert any(t.startswith(("MET", "MISSED")) for t in results["targets"])
     table = done.stdout
     for name in ENDPOINTS:
         assert f"\n{name:<12} " in table
     assert "fetch cycle, 2 tickers, 100 ms Deribit latency" in table
+    assert "fetch cycle, 50 tickers (TICKERS=all), 100 ms Deribit latency" in table
     assert "CSV of all btc_usd history: 5000 rows" in table
     assert "latest during 2 CSV downloads" in table

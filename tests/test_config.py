@@ -59,6 +59,11 @@ def test_tickers_are_normalised():
     assert config["TICKERS"] == ("btc_usd", "eth_usd", "sol_usdc")
 
 
+def test_tickers_all_is_kept_for_create_app_to_resolve():
+    # create_app asks Deribit for it (tests/test_tickers.py); load_config stays pure.
+    assert load_config({"TICKERS": " ALL "})["TICKERS"] == "all"
+
+
 @pytest.mark.parametrize(
     ("seconds", "cron"),
     [
@@ -83,6 +88,8 @@ def test_intervals_map_to_clock_aligned_cron(seconds, cron):
         ({"FETCH_INTERVAL": "420"}, "FETCH_INTERVAL must divide a minute"),
         ({"TICKERS": "btc-usd"}, "TICKERS has an invalid index name 'btc-usd'"),
         ({"TICKERS": " , "}, "TICKERS has an invalid index name"),
+        ({"TICKERS": "all,btc_usd"}, "TICKERS has an invalid index name 'all'"),
+        ({"TICKERS": "b" * 29 + "_usd"}, "TICKERS has an invalid index name 'bbbb"),
         ({"DATABASE_URL": "not a url"}, "DATABASE_URL is not a database URL"),
         ({"DATABASE_URL": "mysql://db/x"}, "DATABASE_URL must be a postgresql:// or sqlite:///"),
         ({"READ_DATABASE_URL": "not a url"}, "READ_DATABASE_URL is not a database URL"),

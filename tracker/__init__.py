@@ -19,6 +19,7 @@ from tracker.extensions import ExactJSONProvider, cors, db, migrate
 from tracker.extensions import api as rest_api
 from tracker.models import ExactSum
 from tracker.schemas import error_body
+from tracker.tickers import resolve_tickers
 
 __all__ = ["ConfigError", "create_app"]
 
@@ -91,6 +92,7 @@ def create_app(test_config=None):
             for engine in db.engines.values():  # the default one and the API's read pool
                 event.listen(engine, "connect", _sqlite_wal)
     migrate.init_app(app, db)
+    resolve_tickers(app)  # TICKERS=all asks Deribit here: before the spec's enum is built
     rest_api.init_app(app)
     cors.init_app(app, origins=app.config["CORS_ORIGINS"], **CORS_SETTINGS)
 

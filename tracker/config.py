@@ -38,6 +38,10 @@ READ_BIND = "read"
 
 # Deribit index names: lower-case currency pairs such as btc_usd, eth_usdc, btcdvol_usdc.
 TICKER_RE = re.compile(r"^[a-z0-9]+_[a-z0-9]+$")
+# The width of price_records.ticker (models.py): a longer name would fail a whole cycle's INSERT.
+MAX_TICKER_LENGTH = 32
+# TICKERS=all: every index Deribit lists, asked once when each process starts (tracker/tickers.py).
+ALL_TICKERS = "all"
 # A browser Origin: scheme, host and optional port, no path. Plain text only, because
 # flask-cors treats an origin containing regex characters (*, ?, [...]) as a regex.
 ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
@@ -149,14 +153,28 @@ def cron_for_interval(seconds, name="FETCH_INTERVAL"):
     )
 
 
+def index_name(value):
+    """`value` as a Deribit index name (lower-case, e.g. btc_usd), or None when it is not one.
+
+    The one rule for a ticker: TICKERS and Deribit's own index list (TICKERS=all) both pass it.
+    """
+    if not isinstance(value, str):
+        return None
+    name = value.strip().lower()
+    return name if len(name) <= MAX_TICKER_LENGTH and TICKER_RE.match(name) else None
+
+
 def _tickers(value):
+    if isinstance(value, str) and value.strip().lower() == ALL_TICKERS:
+        return ALL_TICKERS  # resolved by create_app, before anything reads the list
     items = value if isinstance(value, (list, tuple)) else str(value).split(",")
     tickers = []
     for item in items:
-        ticker = item.strip().lower()
-        if not TICKER_RE.match(ticker):
+        ticker = index_name(item)
+        if ticker is None:
             raise ConfigError(
-                f"TICKERS has an invalid index name {item.strip()!r} (want e.g. btc_usd)"
+                f"TICKERS has an invalid index name {str(item).strip()!r:.60}"
+                " (want e.g. btc_usd, or all)"
             )
         if ticker not in tickers:
             tickers.append(ticker)

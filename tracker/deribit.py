@@ -1,16 +1,20 @@
 """The Deribit client: one session, timeouts, bounded retries, strict parsing, own errors.
 
-It speaks two methods: get_index_price (the live price) and get_index_chart_data (the
-recent history the backfill fills holes from). Both share the same retry rules.
+It speaks three methods: get_index_price (the live price), get_index_chart_data (the recent
+history the backfill fills holes from) and get_index_price_names (every index, for TICKERS=all).
+All share the same retry rules and the same pace (Deribit's rate and connection limits).
 """
 
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import requests
 from requests.adapters import HTTPAdapter
+
+from tracker.config import index_name as valid_index_name
 
 # Deribit error codes worth another try: rate limits, overload, maintenance, timeouts.
 RETRYABLE_CODES = frozenset({10028, 10040, 10041, 10047, 10066, 11051, 11094, 13028, 13888})
@@ -27,6 +31,16 @@ CHART_RANGES = (
 )
 # Chart points carry milliseconds; anything past 9999-12-31 is garbage, not a time.
 MAX_MILLISECONDS = 253402300799999
+# Deribit allows 32 simultaneous connections per IP and answers a 33rd with HTTP 429
+# (docs.deribit.com/articles/connection-management-best-practices). A fetch cycle uses at most
+# this many at once, leaving the rest to the other processes behind the same address.
+MAX_CONNECTIONS = 25
+# Public requests are rate-limited per IP with credits: 500 a request, 50,000 at most, 10,000
+# refilled a second, i.e. 20 requests a second sustained and bursts of 100
+# (docs.deribit.com/articles/rate-limits). Our own bucket allows half that burst, so that
+# retries and the other processes keep a margin.
+REQUESTS_PER_SECOND = 20
+BURST_REQUESTS = 50
 
 
 class DeribitError(Exception):
@@ -46,18 +60,54 @@ class DeribitRejected(DeribitError):
 
 
 class InvalidPrice(DeribitError):
-    """The answer held no usable price: malformed, missing, non-numeric, <= 0 or not finite."""
+    """The answer held nothing usable: a price malformed, missing, non-numeric, <= 0 or not
+    finite; chart data or an index list that is not a list."""
+
+
+class RequestPace:
+    """A token bucket shared by every request of a client: `burst` at once, then `rate` a second.
+
+    Each request takes a token; when none is left it waits for its turn, and a request whose
+    turn would come after its deadline fails at once instead (reason `paced`).
+    """
+
+    def __init__(self, rate=REQUESTS_PER_SECOND, burst=BURST_REQUESTS):
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._updated = time.monotonic()
+        self._lock = threading.Lock()
+
+    def wait(self, deadline):
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+            self._updated = now
+            # Below zero is a queue: each waiter owns the turn its deficit says.
+            self._tokens -= 1
+            pause = max(0.0, -self._tokens / self.rate)
+            if now + pause >= deadline:
+                self._tokens += 1  # not taken after all
+                raise DeribitUnavailable(
+                    f"Deribit's rate limit leaves no turn before the deadline ({pause:.2f}s away)",
+                    "paced",
+                )
+        if pause:
+            time.sleep(pause)
 
 
 class DeribitClient:
     """Fetches index prices from Deribit's public JSON-RPC-over-HTTP API."""
 
-    def __init__(self, base_url, timeout=5.0, attempts=3, backoff=0.25, pool_size=10):
+    def __init__(
+        self, base_url, timeout=5.0, attempts=3, backoff=0.25, pool_size=MAX_CONNECTIONS, pace=None
+    ):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.attempts = attempts
         self.backoff = backoff
         self.pool_size = pool_size
+        self.pace = pace or RequestPace()
         self.session = requests.Session()
         # One kept-alive connection per ticker fetched at once.
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size)
@@ -66,7 +116,11 @@ class DeribitClient:
         self.session.headers["User-Agent"] = "deribit-price-tracker"
 
     def index_prices(self, index_names, deadline):
-        """Fetch several index prices concurrently; returns {name: Decimal or DeribitError}."""
+        """Fetch several index prices concurrently; returns {name: Decimal or DeribitError}.
+
+        Up to `pool_size` requests are in flight at once (one round trip for that many
+        tickers), each after its turn in the client's pace.
+        """
         names = list(index_names)
         if not names:
             return {}
@@ -95,6 +149,16 @@ class DeribitClient:
         params = {"index_name": index_name, "range": chart_range}
         return self._call("get_index_chart_data", params, parse_index_chart, deadline)
 
+    def index_names(self, deadline=None):
+        """get_index_price_names: ([index name] sorted, [rejected entries]).
+
+        Deribit has documented the result both as plain names and as objects with a `name`
+        (with `extended=true`); both are read. Each name must pass the same rule as TICKERS
+        (config.index_name); an entry that does not is left out and listed in the second item
+        as (its position, reason), never tracked.
+        """
+        return self._call("get_index_price_names", {}, parse_index_names, deadline)
+
     def _call(self, method, params, parse, deadline):
         """One public method, retried with exponential backoff while Deribit is unavailable."""
         if deadline is None:
@@ -112,10 +176,12 @@ class DeribitClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _request(self, method, params, parse, deadline):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if deadline <= time.monotonic():
             raise DeribitUnavailable("no time left for a request", "deadline")
-        timeout = min(self.timeout, remaining)
+        self.pace.wait(deadline)
+        timeout = min(self.timeout, deadline - time.monotonic())
+        if timeout <= 0:  # the turn came, but a sleep overshot the deadline
+            raise DeribitUnavailable("no time left for a request", "deadline")
         try:
             response = self.session.get(
                 f"{self.base_url}/public/{method}", params=params, timeout=(timeout, timeout)
@@ -168,6 +234,26 @@ def parse_index_chart(status, body):
             rejected.append((position, f"{exc.reason}: {exc}"))
     points.sort(key=lambda point: point[0])
     return points, rejected
+
+
+def parse_index_names(status, body):
+    """Turn get_index_price_names' answer into ([name] sorted, [(position, reason)]).
+
+    The result must be a list; each entry is a name or an object with a `name`, checked on its
+    own. Repeats are dropped quietly.
+    """
+    result = _result(status, body)
+    if not isinstance(result, list):
+        raise InvalidPrice("the index list is not a list", "malformed_names")
+    names, rejected = set(), []
+    for position, entry in enumerate(result):
+        raw = entry.get("name") if isinstance(entry, dict) else entry
+        name = valid_index_name(raw)
+        if name is None:
+            rejected.append((position, f"not an index name like btc_usd: {entry!r:.60}"))
+        else:
+            names.add(name)
+    return sorted(names), rejected
 
 
 def _result(status, body):

@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
-from tracker.config import READ_BIND
+from tracker.config import MAX_TICKER_LENGTH, READ_BIND
 from tracker.extensions import db
 
 
@@ -92,7 +92,7 @@ class Price(db.Model):
         ),
     )
 
-    ticker = db.Column(String(32), primary_key=True)
+    ticker = db.Column(String(MAX_TICKER_LENGTH), primary_key=True)
     timestamp = db.Column(BigInteger, primary_key=True, autoincrement=False)
     # Unconstrained NUMERIC keeps exactly the digits Deribit sent: no float, no fixed scale.
     price = db.Column(ExactDecimal(), nullable=False)
@@ -170,6 +170,20 @@ _SLOTS_BY_SOURCE = text(
     """
     SELECT source, count(DISTINCT timestamp / :interval) FROM price_records
     WHERE ticker = :ticker AND timestamp BETWEEN :low AND :high GROUP BY source
+    """
+)
+
+# Every ticker with a row: one index probe per ticker (a loose index scan of the primary key)
+# rather than a read of every row. TICKERS=all falls back on it when Deribit cannot be asked.
+_STORED_TICKERS = text(
+    """
+    WITH RECURSIVE seen(ticker) AS (
+        SELECT min(ticker) FROM price_records
+        UNION ALL
+        SELECT (SELECT min(ticker) FROM price_records WHERE ticker > seen.ticker)
+        FROM seen WHERE seen.ticker IS NOT NULL
+    )
+    SELECT ticker FROM seen WHERE ticker IS NOT NULL
     """
 )
 
@@ -268,6 +282,11 @@ def stored_tickers(tickers, timestamp):
     """Which of `tickers` already have a row at `timestamp`."""
     query = select(Price.ticker).where(Price.ticker.in_(tickers), Price.timestamp == timestamp)
     return set(db.session.execute(query).scalars())
+
+
+def stored_ticker_names():
+    """Every ticker that has at least one stored price, sorted."""
+    return sorted(row[0] for row in read(_STORED_TICKERS))
 
 
 def read(query, **params):
