@@ -6,6 +6,7 @@ anything is: timings belong to the benchmark's report (docs/PERFORMANCE.md), not
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -124,3 +125,28 @@ def test_bench_runs_end_to_end_on_a_tiny_table(redis_conn, tmp_path):
     assert "fetch cycle, 50 tickers (TICKERS=all), 100 ms Deribit latency" in table
     assert "CSV of all btc_usd history: 5000 rows" in table
     assert "latest during 2 CSV downloads" in table
+
+
+def test_bench_limits_runs_end_to_end_on_a_few_days(redis_conn):
+    database = f"tracker_bench_limits_smoke_{os.getpid()}_{secrets.token_hex(3)}"
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.bench_limits", "--days=2", "--runs=1"]
+        + [f"--database={database}"],
+        cwd=ROOT,
+        env={**os.environ, "REDIS_URL": TEST_REDIS_URL},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    statuses = dict(re.findall(r"^(\S.*?) +(\d{3}) ", done.stdout, re.MULTILINE))
+    assert statuses == {
+        "stats": "200",
+        "gaps": "200",
+        "prices CSV": "200",
+        "candles 1m CSV": "200",
+        "candles 1d CSV": "200",
+        "candles 1w page 1000": "200",
+        "CSV 1 s over": "422",
+    }, done.stdout
+    assert "2881" in done.stdout  # two days and their last minute, as CSV lines

@@ -15,6 +15,8 @@ def test_defaults():
     assert config["FETCH_CRON"] == "*/1 * * * *"
     assert config["DERIBIT_BASE_URL"] == "https://www.deribit.com/api/v2"
     assert config["RATE_LIMIT"] is None  # off: make run and the benchmark are not limited
+    # Any two years (a leap day included) as one CSV or one /prices/stats.
+    assert config["MAX_RANGE_DAYS"] == config["MAX_CSV_DAYS"] == 731
 
 
 def test_without_database_url_the_database_is_sqlite_in_the_instance_folder():
@@ -108,6 +110,8 @@ def test_intervals_map_to_clock_aligned_cron(seconds, cron):
         ({"TRUSTED_PROXIES": "-1"}, "TRUSTED_PROXIES must be 0 or more, got -1"),
         ({"TRUSTED_PROXIES": "nginx"}, "TRUSTED_PROXIES must be a whole number"),
         ({"CORS_ORIGINS": "dashboard.example"}, "CORS_ORIGINS has an invalid origin"),
+        ({"MAX_RANGE_DAYS": "0"}, "MAX_RANGE_DAYS must be positive, got 0"),
+        ({"MAX_CSV_DAYS": "2 years"}, "MAX_CSV_DAYS must be a whole number, got '2 years'"),
         ({"CORS_ORIGINS": "https://*.example.com"}, "CORS_ORIGINS has an invalid origin"),
         ({"CORS_ORIGINS": "https://a.example/app"}, "CORS_ORIGINS has an invalid origin"),
         ({"CORS_ORIGINS": "*, https://a.example"}, "CORS_ORIGINS has an invalid origin '*'"),

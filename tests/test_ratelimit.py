@@ -1,12 +1,24 @@
-"""Fair use: RATE_LIMIT per client on /api, counted in Redis across workers, kept up without it."""
+"""Fair use: RATE_LIMIT per client on /api, shared by workers through Redis, off without it."""
 
 import logging
 import re
+import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 
-from tests.conftest import command, free_port, read_log, wait_for_http
+from tests.conftest import (
+    command,
+    free_port,
+    read_log,
+    start_redis,
+    stop_process_group,
+    wait_for_http,
+)
+from tracker import ratelimit
+from tracker.ratelimit import REDIS_RETRY_SECONDS
 
 LIMITED = "/api/v1/tickers"
 RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
@@ -63,16 +75,82 @@ def test_behind_a_proxy_each_forwarded_client_has_its_own_budget(make_app, derib
     assert untrusting.get(LIMITED, headers=second).status_code == 429
 
 
-def test_redis_down_lets_requests_through_with_one_warning(make_app, deribit, caplog):
-    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
-    client = make_app(RATE_LIMIT="5/minute", REDIS_URL=dead_redis).test_client()
-    with caplog.at_level(logging.WARNING):
-        for _ in range(4):
-            assert client.get(LIMITED).status_code == 200
-    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert [r.getMessage() for r in warnings] == [
-        "Rate limit storage unreachable - falling back to in-memory storage"
-    ]
+@pytest.fixture(params=["refused", "hung"])
+def dead_redis_url(request):
+    """A Redis URL nothing answers: a closed port, or a socket that accepts and never replies."""
+    if request.param == "refused":
+        yield f"redis://127.0.0.1:{free_port()}/0"
+        return
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(64)  # the kernel completes the handshakes; nobody reads
+        yield f"redis://127.0.0.1:{hung.getsockname()[1]}/0"
+
+
+def test_redis_down_every_request_passes_with_one_warning(
+    make_app, deribit, dead_redis_url, caplog, monkeypatch
+):
+    # Every request tries Redis again (and fails): still one warning for the whole outage.
+    monkeypatch.setattr(ratelimit, "REDIS_RETRY_SECONDS", 0)
+    client = make_app(RATE_LIMIT="5/minute", REDIS_URL=dead_redis_url).test_client()
+    with caplog.at_level(logging.INFO, logger="tracker.ratelimit"):
+        for _ in range(8):
+            response = client.get(LIMITED)
+            assert response.status_code == 200
+            assert not set(RATE_HEADERS) & set(response.headers)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("rate limit off: Redis unreachable (")
+    assert "every request passes unlimited until it answers again" in warnings[0]
+
+
+def test_redis_outage_in_gunicorn_lifts_the_limit_until_redis_is_back(spawn, tmp_path):
+    redis_port = free_port()
+    redis = start_redis(spawn, redis_port, tmp_path)
+    port = free_port()
+    web = spawn(
+        command("gunicorn", "wsgi:app"),
+        GUNICORN_BIND=f"127.0.0.1:{port}",
+        # One process: the outage is each process's own (one warning per worker).
+        GUNICORN_WORKERS=1,
+        GUNICORN_THREADS=4,
+        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        RATE_LIMIT="5/minute",
+    )
+    url = f"http://127.0.0.1:{port}{LIMITED}"
+    wait_for_http(f"http://127.0.0.1:{port}/healthz", process=web)
+    for remaining in ("4", "3", "2"):  # within the limit, counted in Redis
+        response = requests.get(url, timeout=10)
+        assert response.status_code == 200
+        assert response.headers["X-RateLimit-Remaining"] == remaining
+
+    stop_process_group(redis)
+    # Eight at a time, far over the limit, for longer than one retry of Redis: every one
+    # passes, none is limited or a 500.
+    outage, ends = [], time.monotonic() + REDIS_RETRY_SECONDS + 2
+    with ThreadPoolExecutor(8) as pool:
+        while time.monotonic() < ends:
+            outage += pool.map(lambda _: requests.get(url, timeout=10), range(8))
+    assert [r.status_code for r in outage] == [200] * len(outage)
+    assert not any(set(RATE_HEADERS) & set(r.headers) for r in outage)
+    assert warning_lines(web) == ["rate limit off: Redis unreachable"]
+
+    start_redis(spawn, redis_port, tmp_path)  # empty: the counts went with the old one
+    statuses = []
+    deadline = time.monotonic() + 30  # the next try is REDIS_RETRY_SECONDS away
+    while 429 not in statuses and time.monotonic() < deadline:
+        statuses.append(requests.get(url, timeout=10).status_code)
+        time.sleep(0.2)
+    # Limited again: five requests counted in the new Redis, then the 429.
+    assert statuses[-6:] == [200] * 5 + [429], statuses
+    assert read_log(web).count("rate limit on again: Redis answers") == 1
+    assert warning_lines(web) == ["rate limit off: Redis unreachable"]
+
+
+def warning_lines(web):
+    """The start of each WARNING (or worse) line the web process logged."""
+    lines = re.findall(r" (?:WARNING|ERROR|CRITICAL) [\w.]+: (.*)", read_log(web))
+    return [line.split(" (")[0] for line in lines]
 
 
 def test_the_limit_holds_across_gunicorn_workers(spawn, redis_conn):

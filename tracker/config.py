@@ -31,6 +31,11 @@ DEFAULTS = {
     "CORS_ORIGINS": "*",
     # Requests per client to /api/* (e.g. 600/minute); empty: no limit.
     "RATE_LIMIT": "",
+    # The longest `from`..`to` one request may ask for, in days: /prices/stats and /prices/gaps
+    # (one statement over the range), and a CSV download (every row of the range). Two years
+    # with a leap day; a page of JSON is bounded by its `limit` instead.
+    "MAX_RANGE_DAYS": "731",
+    "MAX_CSV_DAYS": "731",
 }
 
 # The Flask-SQLAlchemy bind of the read-only, autocommit engine.
@@ -99,6 +104,8 @@ def load_config(environ, overrides=None, instance_path="instance"):
         "TRUSTED_PROXIES": _non_negative_int("TRUSTED_PROXIES", raw["TRUSTED_PROXIES"]),
         "CORS_ORIGINS": _cors_origins(raw["CORS_ORIGINS"]),
         "RATE_LIMIT": _rate_limit(raw["RATE_LIMIT"]),
+        "MAX_RANGE_DAYS": _positive_int("MAX_RANGE_DAYS", raw["MAX_RANGE_DAYS"]),
+        "MAX_CSV_DAYS": _positive_int("MAX_CSV_DAYS", raw["MAX_CSV_DAYS"]),
     }
     # Keys that are not ours (TESTING, flask-smorest settings, ...) pass through untouched.
     config.update({k: v for k, v in (overrides or {}).items() if k not in DEFAULTS})

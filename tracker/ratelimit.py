@@ -1,6 +1,8 @@
-"""Fair use: a per-client request budget on /api (RATE_LIMIT), counted in Redis."""
+"""Fair use: a per-client request budget on /api (RATE_LIMIT), counted in Redis, open without it."""
 
+import logging
 import math
+import threading
 import time
 
 from flask import request
@@ -8,11 +10,95 @@ from flask_limiter import Limiter, RateLimitExceeded
 from redis.exceptions import RedisError
 
 from tracker.extensions import api as rest_api
+from tracker.logs import first_line
+
+log = logging.getLogger(__name__)
 
 # Also the headers CORS exposes to browser code, so it can back off before a 429.
 RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
-# A Redis that hangs must not hang the request: give up quickly and count in memory instead.
+# A Redis that hangs must not hang the request: give up quickly and let it through instead.
 REDIS_TIMEOUT_SECONDS = 0.5
+# While Redis is down, one request this often tries it again; the others pass unchecked.
+REDIS_RETRY_SECONDS = 5
+
+
+class RedisOutage:
+    """Whether the limiter's Redis is down, as one web process (all its threads) last saw it.
+
+    Down, requests pass with no limit at all and one request every REDIS_RETRY_SECONDS
+    checks its limit in Redis again (at most REDIS_TIMEOUT_SECONDS lost if Redis hangs).
+    One warning when Redis goes away, one line when it answers again: not one per request.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._retry_at = None  # monotonic time of the next try while down; None while up
+
+    def check_now(self):
+        """(check, probe): whether this request checks its limit, and whether it is the one
+        request that tries a Redis that was down."""
+        if self._retry_at is None:  # the common case: no lock
+            return True, False
+        with self._lock:
+            if self._retry_at is None:
+                return True, False
+            if time.monotonic() < self._retry_at:
+                return False, False
+            self._retry_at = time.monotonic() + REDIS_RETRY_SECONDS
+            return True, True
+
+    def failed(self, exc):
+        with self._lock:
+            went_away = self._retry_at is None
+            self._retry_at = time.monotonic() + REDIS_RETRY_SECONDS
+        if went_away:
+            log.warning(
+                "rate limit off: Redis unreachable (%s); every request passes unlimited until"
+                " it answers again (tried every %d s)",
+                first_line(exc),
+                REDIS_RETRY_SECONDS,
+            )
+
+    def answered(self):
+        """The probe's check succeeded. Only a probe ends an outage: a request that began
+        while Redis was still up proves nothing about it now."""
+        with self._lock:
+            came_back = self._retry_at is not None
+            self._retry_at = None
+        if came_back:
+            log.info("rate limit on again: Redis answers")
+
+
+class FailOpenLimiter(Limiter):
+    """Flask-Limiter that lets every request through while Redis is down (see RedisOutage).
+
+    Flask-Limiter's own choices do not fit: its in-memory fallback still limits, per worker,
+    and swallow_errors tries Redis (and logs a traceback) on every request.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.outage = RedisOutage()
+
+    def _check_request_limit(self, callable_name=None, in_middleware=True):
+        # Flask-Limiter's before_request hook. Not public API: Flask-Limiter is pinned, and
+        # test_ratelimit's Redis outage fails if a new version stops calling it.
+        if _not_api():  # first, so that a probe is always a request that asks Redis
+            return
+        check, probe = self.outage.check_now()
+        if not check:
+            return
+        try:
+            super()._check_request_limit(callable_name, in_middleware)
+        except RedisError as exc:
+            self.outage.failed(exc)
+            return
+        except RateLimitExceeded:  # Redis answered: this client is over its limit
+            if probe:
+                self.outage.answered()
+            raise
+        if probe:
+            self.outage.answered()
 
 
 def init_app(app):
@@ -21,7 +107,7 @@ def init_app(app):
         return
     # One limiter per app, not a module-level one: it keeps its storage and limits on itself,
     # so a second app (tests, `flask up`) with other settings would share the first one's.
-    limiter = Limiter(
+    limiter = FailOpenLimiter(
         _client_address,
         # One budget per client across every endpoint ("global" scope), not one per endpoint.
         application_limits=[app.config["RATE_LIMIT"]],
@@ -36,12 +122,11 @@ def init_app(app):
         # Written by _rate_limit_headers instead: the limiter's own would put Retry-After on
         # every response, and stretch the 503's Retry-After to the end of the window.
         headers_enabled=False,
-        # Redis down: one warning, then each worker counts in its own memory (requests keep
-        # passing, never a 500) and goes back to Redis once it answers a ping again.
-        in_memory_fallback_enabled=True,
+        # Redis errors reach FailOpenLimiter, which lets the request through.
+        in_memory_fallback_enabled=False,
+        swallow_errors=False,
         key_prefix="tracker",
     )
-    limiter.request_filter(_not_api)
     limiter.init_app(app)
     app.after_request(lambda response: _rate_limit_headers(limiter, response))
     app.register_error_handler(RateLimitExceeded, _too_many_requests)
@@ -60,7 +145,7 @@ def _not_api():
 def _rate_limit_headers(limiter, response):
     """X-RateLimit-* on every limited response, and Retry-After (at least 1 s) on a 429."""
     current = limiter.current_limit
-    if current is None:  # not /api, or no Redis and no count
+    if current is None:  # not /api, or Redis is down
         return response
     try:
         reset_at, remaining = current.reset_at, current.remaining

@@ -8,9 +8,10 @@ from datetime import UTC, date, datetime
 from http import HTTPStatus
 
 from flask import current_app, request
+from flask_smorest import abort
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
-from tracker.models import SOURCES
+from tracker.models import DAY_SECONDS, SOURCES, oldest_timestamp
 from tracker.queries import INTERVALS, bucket_start
 
 # UNIX seconds the API accepts: 1970-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
@@ -81,10 +82,17 @@ class TimeField(fields.Field):
     bound never lets in a second it excludes. Milliseconds are refused with a hint.
     """
 
-    def __init__(self, *, round_up=False, metadata=None, **kwargs):
+    def __init__(self, *, round_up=False, span_limit=None, metadata=None, **kwargs):
         metadata = {"type": "string", "pattern": TIME_PATTERN, **(metadata or {})}
         super().__init__(metadata=metadata, **kwargs)
         self.round_up = round_up
+        self.span_limit = span_limit
+
+    def openapi_properties(self, config, ret):
+        # The maximum span is a setting: the spec says the value this server enforces.
+        if self.span_limit is None:
+            return {}
+        return {"description": f"{ret['description']} {self.span_limit.describe(config)}"}
 
     def _deserialize(self, value, attr, data, **kwargs):
         text = str(value).strip()
@@ -203,10 +211,81 @@ class PriceFormatArgsSchema(Schema):
     )
 
 
-def range_from(description, example):
+class SpanLimit:
+    """The longest `from`..`to` a range may span, in days, held by a setting (MAX_RANGE_DAYS,
+    MAX_CSV_DAYS): the spec describes it and the view checks it (`check`).
+
+    `csv_only`: it bounds CSV downloads only (a JSON page is bounded by its `limit`).
+    `open_from`: a range without `from` starts at the first stored price (else the endpoint
+    has a default `from` of its own).
+    """
+
+    def __init__(self, setting, *, csv_only=False, open_from=True):
+        self.setting = setting
+        self.csv_only = csv_only
+        self.open_from = open_from
+
+    def describe(self, config):
+        scope = "In a CSV (`format=csv`), `to`" if self.csv_only else "`to`"
+        open_from = ", or after the first stored price without `from`" if self.open_from else ""
+        return (
+            f"{scope} may be at most {config[self.setting]} days ({self.setting}) after"
+            f" `from`{open_from}; more is a 422."
+        )
+
+    def check(self, ticker, start, end):
+        """A 422 naming `from` when [start, end] spans more than the setting allows.
+
+        `start` None is a range left open, which starts at the ticker's first stored price
+        (an index lookup): the whole history is served while it fits, and refused rather than
+        cut short once it does not, so a download never silently lacks its oldest rows.
+        """
+        days = current_app.config[self.setting]
+        open_range = start is None
+        if open_range:
+            start = oldest_timestamp(ticker)
+            if start is None:  # nothing stored: nothing to bound
+                return
+        if end - start <= days * DAY_SECONDS:
+            return
+        earliest = end - days * DAY_SECONDS
+        where = (
+            f"Without `from` the range starts at the first stored price of {ticker}"
+            f" ({_iso(start)}), and it spans"
+            if open_range
+            else "This range spans"
+        )
+        abort(
+            HTTPStatus.UNPROCESSABLE_ENTITY,
+            errors={
+                "query": {
+                    "from": [
+                        f"{where} more than {days} days, the most {self.setting} allows:"
+                        f" use a `from` at or after {_iso(earliest)} ({earliest}) and ask for"
+                        " the rest in parts."
+                    ]
+                }
+            },
+        )
+
+
+def _iso(timestamp):
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# A CSV is every row of its range; /prices/stats and /prices/gaps read every row of theirs.
+CSV_SPAN = SpanLimit("MAX_CSV_DAYS", csv_only=True)
+STATS_SPAN = SpanLimit("MAX_RANGE_DAYS")
+GAPS_SPAN = SpanLimit("MAX_RANGE_DAYS", open_from=False)
+
+
+def range_from(description, example, span_limit=None):
     """`from`: the inclusive start of a time range; a fractional second rounds up."""
     return TimeField(
-        data_key="from", round_up=True, metadata={"description": description, "example": example}
+        data_key="from",
+        round_up=True,
+        span_limit=span_limit,
+        metadata={"description": description, "example": example},
     )
 
 
@@ -289,7 +368,7 @@ class PageArgsSchema(TickerPriceArgsSchema):
 class PriceQueryArgsSchema(PageArgsSchema):
     """Arguments of /prices: ticker, optional inclusive time range, pagination."""
 
-    start = range_from(f"Only prices at or after this time: {TIME_HELP}.", "2026-11-23")
+    start = range_from(f"Only prices at or after this time: {TIME_HELP}.", "2026-11-23", CSV_SPAN)
     end = range_to(f"Only prices at or before this time: {TIME_HELP}.", "2026-11-24T00:00:00Z")
 
     source = fields.String(
@@ -333,7 +412,9 @@ class GapsArgsSchema(TickerArgsSchema):
     """Arguments of /prices/gaps: ticker, an inclusive time range, how many gaps to list."""
 
     start = range_from(
-        f"Start of the range: {TIME_HELP}. Default: 24 hours before `to`.", "2026-11-23"
+        f"Start of the range: {TIME_HELP}. Default: 24 hours before `to`.",
+        "2026-11-23",
+        GAPS_SPAN,
     )
     end = range_to(
         f"End of the range (inclusive): {TIME_HELP}. Default: now.", "2026-11-24T00:00:00Z"
@@ -366,7 +447,9 @@ class CandleArgsSchema(PageArgsSchema):
         },
     )
     start = range_from(
-        f"Only candles whose bucket starts at or after this time: {TIME_HELP}.", "2026-11-01"
+        f"Only candles whose bucket starts at or after this time: {TIME_HELP}.",
+        "2026-11-01",
+        CSV_SPAN,
     )
     end = range_to(
         f"Only candles whose bucket starts at or before this time: {TIME_HELP}."
@@ -396,7 +479,9 @@ class CandleArgsSchema(PageArgsSchema):
 class StatsArgsSchema(TickerPriceArgsSchema):
     """Arguments of /prices/stats: ticker and an optional inclusive time range."""
 
-    start = range_from(f"Start of the range: {TIME_HELP}. Default: the first price.", "2026-01-01")
+    start = range_from(
+        f"Start of the range: {TIME_HELP}. Default: the first price.", "2026-01-01", STATS_SPAN
+    )
     end = range_to(
         f"End of the range (inclusive): {TIME_HELP}. Default: now.", "2026-12-31T23:59:59Z"
     )

@@ -17,7 +17,7 @@ from tracker.caching import range_ends_at
 from tracker.models import stream
 from tracker.queries import INTERVALS, bucket_start, candle_page, candle_statement
 from tracker.responses import CandlePageSchema
-from tracker.schemas import CandleArgsSchema, encode_cursor
+from tracker.schemas import CSV_SPAN, CandleArgsSchema, encode_cursor
 
 CANDLE_EXAMPLE = {
     "time": 1763924400,
@@ -83,6 +83,7 @@ class Candles(MethodView):
             return "true" if bucket + width <= now else "false"
 
         if args["format"] == "csv":
+            CSV_SPAN.check(args["ticker"], args.get("start"), args.get("end", int(now)))
             range_ends_at(high)
             query, params = candle_statement(args["ticker"], width, low, high)
             name = csv_filename(

@@ -19,7 +19,7 @@ from tracker.models import (
     window_slots,
 )
 from tracker.responses import GapReportSchema, TickerListSchema
-from tracker.schemas import GapsArgsSchema, PriceFormatArgsSchema, as_price_format
+from tracker.schemas import GAPS_SPAN, GapsArgsSchema, PriceFormatArgsSchema, as_price_format
 
 GAPS_EXAMPLE = {
     "ticker": "btc_usd",
@@ -57,6 +57,7 @@ class PriceGaps(MethodView):
         end = args.get("end", int(now))
         range_ends_at(end)
         start = args.get("start", end - DAY_SECONDS)
+        GAPS_SPAN.check(args["ticker"], start, end)
         first = math.ceil(start / interval)
         last = min(end // interval, int(now) // interval - 1)
         gaps, gap_count, missing = missing_slots(

@@ -1,5 +1,6 @@
 """The price endpoints: pages, the latest, a day, a moment, a range's statistics; CSV too."""
 
+import time
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 
@@ -22,6 +23,8 @@ from tracker.models import LAST, latest_price, price_at, price_page, price_range
 from tracker.queries import range_stats
 from tracker.responses import PricePageSchema, PriceSchema, PriceStatsSchema
 from tracker.schemas import (
+    CSV_SPAN,
+    STATS_SPAN,
     ByDateArgsSchema,
     PriceAtArgsSchema,
     PriceQueryArgsSchema,
@@ -84,6 +87,7 @@ class Prices(MethodView):
         streamed download instead: `ticker,price,timestamp,source` lines, newest first.
         """
         if args["format"] == "csv":
+            CSV_SPAN.check(args["ticker"], args.get("start"), args.get("end", int(time.time())))
             range_ends_at(args.get("end"))
             return prices_csv(args, args.get("start"), args.get("end"))
         range_ends_at(_page_end(args.get("end"), _before(args)))
@@ -215,6 +219,7 @@ class PriceStats(MethodView):
         with no price in the range, count is 0 and everything else null.
         `price_format=string` writes prices, mean, change and change in % as strings.
         """
+        STATS_SPAN.check(args["ticker"], args.get("start"), args.get("end", int(time.time())))
         range_ends_at(args.get("end"))
         stats = range_stats(args["ticker"], args.get("start", 0), args.get("end", LAST))
         mean = change = percent = None
