@@ -32,6 +32,11 @@ def _cache_headers(response):
         return response
     # /prices, /prices/by-date and /candles answer JSON or CSV by the Accept header.
     response.vary.add("Accept")
+    # With a list of CORS_ORIGINS, Access-Control-Allow-Origin names the request's Origin or is
+    # absent (flask-cors says Vary: Origin only when several could match, and not on a refusal):
+    # a cache must keep one answer per Origin. With "*" every origin gets the same answer.
+    if current_app.config["CORS_ORIGINS"] != "*":
+        response.vary.add("Origin")
     max_age = max_age_for(g.get("range_end"), time.time(), current_app.config)
     response.headers["Cache-Control"] = f"public, max-age={max_age}"
     if not response.is_streamed:  # a CSV download is streamed: hashing it would buffer it
