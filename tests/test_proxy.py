@@ -110,7 +110,7 @@ def test_gunicorn_settings_come_from_the_environment(monkeypatch):
 
 
 @pytest.fixture
-def proxy(start_proxy):
+def proxy(app, start_proxy):
     """gunicorn (TRUSTED_PROXIES=1) behind nginx under /tracker/; yields nginx's origin URL."""
     return start_proxy()
 
