@@ -26,7 +26,13 @@ from redis import Redis
 from sqlalchemy.engine import make_url
 
 from tests.bench_floors import query_for
-from tests.conftest import ADMIN_DATABASE_URL, free_port, pg_connect, stop_process_group
+from tests.conftest import (
+    ADMIN_DATABASE_URL,
+    free_port,
+    pg_connect,
+    render_nginx_conf,
+    stop_process_group,
+)
 from tests.fake_deribit import FakeDeribit
 from tracker import create_app
 from tracker.deribit import BURST_REQUESTS, REQUESTS_PER_SECOND
@@ -47,6 +53,9 @@ function init(args) for _, p in ipairs(args) do paths[#paths + 1] = p end end
 function request() i = i % #paths + 1; return wrk.format("GET", paths[i]) end
 """
 ENDPOINTS = ("latest", "first page", "deep page", "by-date day", "at middle")
+# /prices/latest straight to gunicorn and through docs/nginx.conf's cache; each also with the
+# If-None-Match a polling client sends (a 304 without a body).
+CACHE_CELLS = ("gunicorn", "nginx cache", "gunicorn 304", "nginx cache 304")
 
 
 def main(argv=None):
@@ -97,6 +106,7 @@ def main(argv=None):
             results["history"] += history_timings(api.base_url, rows, last)
             results["ranges"] += range_timings(api.base_url, rows, last)
         # On the largest table: two years of one ticker when the table is 2.1 million rows.
+        results["cache"] = cache_cells(load, api, rows, workdir, servers)
         results["csv"] = csv_download(api)
         results["latest_during_csv"] = latest_during_downloads(load, api, rows)
         results["rss_web_worker_kb"] = max(vm_rss(pid) for pid in children(api.pid))
@@ -358,6 +368,60 @@ def range_timings(base_url, rows, last, runs=5):
     return timings
 
 
+def cache_cells(load, api, rows, workdir, started):
+    """/prices/latest straight to gunicorn and through nginx running docs/nginx.conf (its cache),
+    each plain and with If-None-Match carrying the current ETag. None without nginx."""
+    nginx = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
+    if nginx is None:
+        print("nginx not found (apt-get install nginx): no cache cells", flush=True)
+        return None
+    directory = workdir / "nginx"
+    directory.mkdir()
+    port = free_port()
+    conf = render_nginx_conf(directory, port, int(api.base_url.rsplit(":", 1)[1]))
+    log = open(directory / "error.log", "wb")  # noqa: SIM115 - nginx's own log, read on failure
+    process = subprocess.Popen(
+        [nginx, "-e", "stderr", "-p", str(directory), "-c", str(conf)]
+        + ["-g", f"daemon off; pid {directory / 'nginx.pid'};"],
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    started.append(process)
+    process.base_url = f"http://127.0.0.1:{port}"
+    path = f"/api/v1/prices/latest?ticker={TICKER}"
+    deadline = time.monotonic() + 30
+    while not _answers(f"{process.base_url}/tracker{path}"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"nginx did not start:\n{(directory / 'error.log').read_text()}")
+        time.sleep(0.1)
+    statuses = [
+        requests.get(f"{process.base_url}/tracker{path}", timeout=5).headers["X-Cache-Status"]
+        for _ in range(3)
+    ]
+    if "HIT" not in statuses:
+        raise SystemExit(f"nginx does not cache {path}: {statuses}")
+    etag = {"If-None-Match": requests.get(api.base_url + path, timeout=5).headers["ETag"]}
+    plain = [
+        (api, "gunicorn", [path], "cache"),
+        (process, "nginx cache", [f"/tracker{path}"], "cache"),
+    ]
+    cells = load.best_of(plain, rows)
+    conditional = [
+        (api, "gunicorn 304", [path], "cache"),
+        (process, "nginx cache 304", [f"/tracker{path}"], "cache"),
+    ]
+    cells += load.best_of(conditional, rows, headers=etag)
+    return cells
+
+
+def _answers(url):
+    try:
+        return requests.get(url, timeout=1)
+    except requests.ConnectionError:
+        return None
+
+
 def _download(url):
     """GET a CSV as a client would, reading it as it comes; returns (lines, bytes, seconds)."""
     started = time.perf_counter()
@@ -461,18 +525,22 @@ class Load:
         self.wrk, self.script, self.options = wrk, script, options
         self.database_url = database_url
 
-    def best_of(self, plan, rows):
+    def best_of(self, plan, rows, headers=None):
+        """Each (server, name, paths, kind) of the plan loaded with wrk, sending `headers`."""
+        headers = headers or {}
+        # Each path must answer 200 before it is loaded; 304 when it is asked conditionally.
+        expected = 304 if "If-None-Match" in headers else 200
         cells = []
         for server, name, paths, kind in plan:
             sizes, items = [], 0
-            for path in paths:  # each path must answer 200 before it is loaded
-                response = requests.get(server.base_url + path, timeout=10)
-                if response.status_code != 200:
+            for path in paths:
+                response = requests.get(server.base_url + path, headers=headers, timeout=10)
+                if response.status_code != expected:
                     raise SystemExit(f"{path} answered {response.status_code}: {response.text}")
                 sizes.append(len(response.content))
-                items += len(response.json().get("items", [None]))
+                items += len(response.json().get("items", [None])) if response.content else 0
             if self.options.warmup:
-                self._wrk(server, paths, self.options.warmup)
+                self._wrk(server, paths, self.options.warmup, headers)
             cells.append(
                 {
                     "endpoint": name,
@@ -484,7 +552,7 @@ class Load:
             )
         for _ in range(self.options.repeats):
             for cell, (server, _name, paths, _kind) in zip(cells, plan, strict=True):
-                run = self._wrk(server, paths, self.options.duration)
+                run = self._wrk(server, paths, self.options.duration, headers)
                 cell["runs"] = [*cell.get("runs", []), run]
         for cell in cells:
             runs = ", ".join(f"{run['rps']:.0f}" for run in cell["runs"])
@@ -502,7 +570,7 @@ class Load:
             )
         return cells
 
-    def _wrk(self, server, paths, seconds):
+    def _wrk(self, server, paths, seconds, headers=None):
         threads = min(self.options.threads, self.options.connections)
         command = [
             self.wrk,
@@ -512,6 +580,7 @@ class Load:
             "--timeout",
             "5s",
             "--latency",
+            *(f"--header={name}: {value}" for name, value in (headers or {}).items()),
             "-s",
             str(self.script),
             server.base_url,
@@ -758,6 +827,17 @@ def report(results):
             f" {cell['median_ms']:>9.1f} {cell['best_ms']:>8.1f}"
             f" {cell['best_ms'] * 1000 / max(cell['read'], 1):>6.2f}"
         )
+    if results["cache"]:
+        print(
+            f"\n{'latest via':<16} {'rows':>9} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7}"
+            f" {'bytes':>7} {'errors':>6} {'cpu us':>6}"
+        )
+        for cell in results["cache"]:
+            print(
+                f"{cell['endpoint']:<16} {cell['rows']:>9} {cell['rps']:>8.0f}"
+                f" {cell['p50_ms']:>7.2f} {cell['p99_ms']:>7.2f} {cell['bytes']:>7}"
+                f" {cell['errors']:>6} {cell['cpu_us']:>6.0f}"
+            )
     csv = results["csv"]
     print(
         f"\nCSV of all {TICKER} history: {csv['rows']} rows, {csv['megabytes']} MB in"

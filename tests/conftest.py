@@ -5,6 +5,7 @@ created for this run, migrated with the project's own migrations, and dropped at
 """
 
 import os
+import pwd
 import secrets
 import shlex
 import shutil
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psycopg2
 import pytest
@@ -331,6 +333,82 @@ def wait_for_http(url, timeout=20.0, process=None):
 def read_log(process):
     process.log_file.flush()
     return process.log_path.read_text(errors="replace")
+
+
+def render_nginx_conf(directory, listen_port, upstream_port):
+    """docs/nginx.conf on loopback ports, inside a main config whose paths are all in `directory`.
+
+    Runs as the current user: errors to stderr (the process log), the access log, pid, temp
+    files and the cache in `directory`; nothing in /etc or /var.
+    """
+    site = (ROOT / "docs" / "nginx.conf").read_text()
+    for old, new in [
+        ("listen 80;", f"listen 127.0.0.1:{listen_port};"),
+        ("proxy_pass http://127.0.0.1:8000/;", f"proxy_pass http://127.0.0.1:{upstream_port}/;"),
+        ("proxy_cache_path /var/cache/nginx/tracker ", f"proxy_cache_path {directory}/cache "),
+    ]:
+        assert site.count(old) == 1, f"docs/nginx.conf changed: {old!r} not found once"
+        site = site.replace(old, new)
+    (directory / "site.conf").write_text(site)
+    temp_paths = "\n".join(
+        f"    {kind}_temp_path {directory}/{kind}_temp;"
+        for kind in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
+    )
+    main = directory / "nginx.conf"
+    main.write_text(
+        f"""
+# As root, nginx's workers would run as nobody, which may not write the cache into pytest's
+# private tmp directory: they run as this user (a user who is not root: ignored, with a note).
+user {pwd.getpwuid(os.geteuid()).pw_name};
+error_log stderr notice;
+events {{ worker_connections 64; }}
+http {{
+    access_log {directory}/access.log;
+{temp_paths}
+    # Responses stay in memory, not in temp files.
+    proxy_max_temp_file_size 0;
+    include {directory}/site.conf;
+}}
+"""
+    )
+    return main
+
+
+@pytest.fixture
+def start_proxy(spawn, tmp_path):
+    """Start gunicorn (TRUSTED_PROXIES=1, the test settings and `env`) behind the real nginx of
+    docs/nginx.conf under /tracker/. Returns nginx's origin URL and both processes."""
+    started = []
+
+    def start(**env):
+        nginx = installed("nginx", "bash .ci/run installs Debian's nginx")
+        web_port, proxy_port = free_port(), free_port()
+        web = spawn(
+            command("gunicorn", "wsgi:app"),
+            **{
+                "GUNICORN_BIND": f"127.0.0.1:{web_port}",
+                "GUNICORN_WORKERS": 2,
+                "GUNICORN_ACCESS_LOG": "-",
+                "TRUSTED_PROXIES": 1,
+                **env,
+            },
+        )
+        directory = tmp_path / f"nginx-{len(started)}"
+        directory.mkdir()
+        conf = render_nginx_conf(directory, proxy_port, web_port)
+        server = spawn(
+            [nginx, "-e", "stderr", "-p", str(directory), "-c", str(conf)]
+            + ["-g", f"daemon off; pid {directory / 'nginx.pid'};"]
+        )
+        wait_for_http(f"http://127.0.0.1:{web_port}/openapi.json", process=web)
+        origin = f"http://127.0.0.1:{proxy_port}"
+        wait_for_http(f"{origin}/tracker/openapi.json", process=server)
+        started.append(server)
+        return SimpleNamespace(origin=origin, web=web, nginx=server)
+
+    yield start
+    for server in started:
+        assert server.poll() is None, read_log(server)
 
 
 def start_redis(spawn, port, tmp_path):

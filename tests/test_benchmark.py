@@ -11,8 +11,8 @@ import secrets
 import subprocess
 import sys
 
-from tests.benchmark import ENDPOINTS, parse_wrk
-from tests.conftest import ROOT, TEST_REDIS_URL
+from tests.benchmark import CACHE_CELLS, ENDPOINTS, parse_wrk
+from tests.conftest import ROOT, TEST_REDIS_URL, installed
 from tracker.deribit import MAX_CONNECTIONS
 
 WRK_OUTPUT = """Running 1s test @ http://127.0.0.1:8000
@@ -44,6 +44,7 @@ def test_wrk_output_is_parsed_with_units_and_every_kind_of_error():
 
 
 def test_bench_runs_end_to_end_on_a_tiny_table(redis_conn, tmp_path):
+    installed("nginx", "bash .ci/run installs Debian's nginx")  # for the cache cells
     database = f"tracker_bench_smoke_{os.getpid()}_{secrets.token_hex(3)}"
     report = tmp_path / "bench.json"
     done = subprocess.run(
@@ -109,6 +110,12 @@ def test_bench_runs_end_to_end_on_a_tiny_table(redis_conn, tmp_path):
     assert all(c["median_ms"] > 0 for c in ranges.values())
     assert results["csv"]["rows"] == 5000 and results["csv"]["rows_per_s"] > 0
     assert results["csv"]["rss_before_kb"] > 0
+    # /prices/latest through nginx's cache, next to gunicorn, each also answered with a 304.
+    cache = {c["endpoint"]: c for c in results["cache"]}
+    assert tuple(cache) == CACHE_CELLS
+    for name, cell in cache.items():
+        assert cell["requests"] > 0 and cell["errors"] == 0, cell
+        assert cell["bytes"] == (0 if name.endswith("304") else api["latest"]["bytes"]), cell
     during = results["latest_during_csv"]
     assert during["requests"] > 0 and during["errors"] == 0 and during["completed"] >= 2
     assert results["fetch"]["max_concurrent_requests"] == 2
@@ -123,6 +130,8 @@ def test_bench_runs_end_to_end_on_a_tiny_table(redis_conn, tmp_path):
         assert f"\n{name:<12} " in table
     assert "fetch cycle, 2 tickers, 100 ms Deribit latency" in table
     assert "fetch cycle, 50 tickers (TICKERS=all), 100 ms Deribit latency" in table
+    for name in CACHE_CELLS:
+        assert f"\n{name:<16} " in table
     assert "CSV of all btc_usd history: 5000 rows" in table
     assert "latest during 2 CSV downloads" in table
 

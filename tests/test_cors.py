@@ -73,3 +73,18 @@ def test_a_configured_origin_list_allows_only_those(make_app, deribit):
     assert not [name for name in refused.headers.keys() if name.startswith("Access-Control-")]
     get = client.get(url, headers={"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in get.headers
+
+
+def test_a_configured_origin_list_makes_every_answer_vary_by_origin(make_app, deribit):
+    """Allowed, refused or no Origin: each gets another answer, so a cache must keep them apart
+    (flask-cors alone says Vary: Origin only for an allowed one of several origins)."""
+    client = make_app(CORS_ORIGINS=DASHBOARD).test_client()
+    url = "/api/v1/tickers"
+    for headers in ({"Origin": DASHBOARD}, {"Origin": "https://evil.example"}, {}):
+        response = client.get(url, headers=headers)
+        assert response.status_code == 200
+        assert "Origin" in response.headers["Vary"], headers
+    # "*": the same answer for every origin, one cached copy.
+    anyone = make_app().test_client().get(url, headers={"Origin": DASHBOARD})
+    assert anyone.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Origin" not in anyone.headers["Vary"]

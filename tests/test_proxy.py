@@ -4,7 +4,6 @@ import re
 import runpy
 import time
 from decimal import Decimal
-from types import SimpleNamespace
 from urllib.parse import urljoin
 
 import pytest
@@ -13,7 +12,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.browser import console_errors, requested_urls
-from tests.conftest import ROOT, command, free_port, installed, read_log, wait_for_http
+from tests.conftest import ROOT, read_log
 from tracker.models import insert_prices
 
 T0 = 1795176000  # 2026-11-20T12:00:00Z
@@ -110,65 +109,10 @@ def test_gunicorn_settings_come_from_the_environment(monkeypatch):
 # --- The real thing: nginx (docs/nginx.conf) -> gunicorn ---------------------------------------
 
 
-def render_nginx_conf(directory, listen_port, upstream_port):
-    """docs/nginx.conf on loopback ports, inside a main config whose paths are all in `directory`.
-
-    Runs as the current user: errors to stderr (the process log), the access log, pid and temp
-    files in `directory`; nothing in /etc or /var.
-    """
-    site = (ROOT / "docs" / "nginx.conf").read_text()
-    for old, new in [
-        ("listen 80;", f"listen 127.0.0.1:{listen_port};"),
-        ("proxy_pass http://127.0.0.1:8000/;", f"proxy_pass http://127.0.0.1:{upstream_port}/;"),
-    ]:
-        assert site.count(old) == 1, f"docs/nginx.conf changed: {old!r} not found once"
-        site = site.replace(old, new)
-    (directory / "site.conf").write_text(site)
-    temp_paths = "\n".join(
-        f"    {kind}_temp_path {directory}/{kind}_temp;"
-        for kind in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
-    )
-    main = directory / "nginx.conf"
-    main.write_text(
-        f"""
-error_log stderr notice;
-events {{ worker_connections 64; }}
-http {{
-    access_log {directory}/access.log;
-{temp_paths}
-    # Responses stay in memory: as root, nginx's workers run as another user that may not
-    # write into pytest's private tmp directory.
-    proxy_max_temp_file_size 0;
-    include {directory}/site.conf;
-}}
-"""
-    )
-    return main
-
-
 @pytest.fixture
-def proxy(app, spawn, tmp_path):
+def proxy(app, start_proxy):
     """gunicorn (TRUSTED_PROXIES=1) behind nginx under /tracker/; yields nginx's origin URL."""
-    nginx = installed("nginx", "bash .ci/run installs Debian's nginx")
-    web_port, proxy_port = free_port(), free_port()
-    web = spawn(
-        command("gunicorn", "wsgi:app"),
-        GUNICORN_BIND=f"127.0.0.1:{web_port}",
-        GUNICORN_WORKERS=2,
-        GUNICORN_ACCESS_LOG="-",
-        TRUSTED_PROXIES=1,
-    )
-    conf = render_nginx_conf(tmp_path, proxy_port, web_port)
-    pid = tmp_path / "nginx.pid"
-    server = spawn(
-        [nginx, "-e", "stderr", "-p", str(tmp_path), "-c", str(conf)]
-        + ["-g", f"daemon off; pid {pid};"]
-    )
-    wait_for_http(f"http://127.0.0.1:{web_port}/openapi.json", process=web)
-    origin = f"http://127.0.0.1:{proxy_port}"
-    wait_for_http(f"{origin}/tracker/openapi.json", process=server)
-    yield SimpleNamespace(origin=origin, web=web, nginx=server)
-    assert server.poll() is None, read_log(server)
+    return start_proxy()
 
 
 def test_swagger_ui_loads_its_assets_and_spec_through_the_proxy(proxy):

@@ -28,11 +28,12 @@ from tests.conftest import (
     installed,
     pg_connect,
     read_log,
+    render_nginx_conf,
     stop_process_group,
     wait_for_http,
 )
 from tests.test_e2e import wait_for
-from tests.test_proxy import T0, render_nginx_conf, seed
+from tests.test_proxy import T0, seed
 from tracker.config import READ_BIND, load_config
 from tracker.extensions import db, fetch_queue
 from tracker.models import STREAM_BATCH_ROWS, insert_prices

@@ -56,12 +56,26 @@ def operations(spec):
             yield path, method, operation
 
 
+def resolved(spec):
+    """A function that follows a local $ref ("#/components/...") to what it names."""
+
+    def follow(item):
+        while "$ref" in item:
+            node = spec
+            for key in item["$ref"].removeprefix("#/").split("/"):
+                node = node[key]
+            item = node
+        return item
+
+    return follow
+
+
 def test_every_operation_has_an_id_a_description_and_examples(client):
     spec = client.get("/openapi.json").json
     assert {(path, op["operationId"]) for path, _, op in operations(spec)} == OPERATION_IDS
     for path, _, operation in operations(spec):
         assert operation["summary"] and operation["description"], path
-        for parameter in operation.get("parameters", []):
+        for parameter in map(resolved(spec), operation.get("parameters", [])):
             assert "example" in parameter["schema"], (path, parameter["name"])
         # Every operation that takes parameters says what a 422 looks like.
         if operation.get("parameters"):
@@ -73,6 +87,30 @@ def test_every_operation_has_an_id_a_description_and_examples(client):
     assert example["code"] == 422 and example["errors"]["query"]["ticker"]
     errors = spec["components"]["schemas"]["Error"]["properties"]["errors"]
     assert errors["additionalProperties"]["additionalProperties"]["items"] == {"type": "string"}
+
+
+def test_every_api_get_documents_its_caching(client):
+    """If-None-Match in, ETag and Cache-Control out, and the 304: added in one place
+    (tracker/caching.py's CachingDocs) to every GET under /api/, to nothing else."""
+    spec = client.get("/openapi.json").json
+    follow = resolved(spec)
+    cached = set()
+    for path, method, operation in operations(spec):
+        parameters = [follow(p) for p in operation.get("parameters", [])]
+        if_none_match = [p for p in parameters if p["name"] == "If-None-Match"]
+        if path.startswith("/api/") and method == "get":
+            cached.add(path)
+            assert if_none_match == [follow({"$ref": "#/components/parameters/IfNoneMatch"})]
+            assert if_none_match[0]["in"] == "header", path
+            not_modified = follow(operation["responses"]["304"])
+            assert "content" not in not_modified and "If-None-Match" in not_modified["description"]
+            for response in (operation["responses"]["200"], not_modified):
+                headers = {name: follow(h) for name, h in response["headers"].items()}
+                assert "strong validator" in headers["ETag"]["description"], path
+                assert "max-age" in headers["Cache-Control"]["schema"]["example"], path
+        else:
+            assert not if_none_match and "304" not in operation["responses"], path
+    assert len(cached) == 8
 
 
 def test_info_security_and_components_satisfy_the_linters(client):
@@ -98,12 +136,12 @@ def test_the_spec_lists_the_configured_tickers_and_intervals(make_app):
     tickers = [
         parameter["schema"]["enum"]
         for _, _, operation in operations(spec)
-        for parameter in operation.get("parameters", [])
+        for parameter in map(resolved(spec), operation.get("parameters", []))
         if parameter["name"] == "ticker"
     ]
     assert len(tickers) == 7 and all(enum == ["eth_usd", "btc_usd", "sol_usdc"] for enum in tickers)
     candles = spec["paths"]["/api/v1/candles"]["get"]["parameters"]
-    (interval,) = [p["schema"] for p in candles if p["name"] == "interval"]
+    (interval,) = [p["schema"] for p in candles if p.get("name") == "interval"]
     assert interval["enum"] == ["1h", "4h", "1d", "1w"]
 
 
@@ -215,6 +253,12 @@ def test_a_generated_client_calls_every_operation(live_api, tmp_path):
         price_format=arg(get_latest_price, "price_format", "string"),
     )
     assert exact.price == WIDE
+    # The ETag of an answer, sent back: a 304 without a body, as the spec says.
+    etag = requests.get(f"{live_api}/api/v1/prices/latest?ticker=btc_usd", timeout=5).headers
+    unchanged = get_latest_price.sync_detailed(
+        client=api, ticker=arg(get_latest_price, "ticker", ticker), if_none_match=etag["ETag"]
+    )
+    assert unchanged.status_code == 304 and unchanged.content == b""
 
     page = call(list_prices, ticker=arg(list_prices, "ticker", ticker), limit=3)
     assert isinstance(page, PricePage) and [i.timestamp for i in page.items] == [

@@ -1,8 +1,10 @@
-"""HTTP caching of /api answers: strong ETags, 304 Not Modified, and a Cache-Control per answer."""
+"""HTTP caching of /api answers: strong ETags, 304 Not Modified, and a Cache-Control per answer;
+and their OpenAPI documentation."""
 
 import hashlib
 import time
 
+from apispec import BasePlugin
 from flask import current_app, g, request
 
 # A range that ended before the backfill window can no longer change (the backfill looks no
@@ -32,6 +34,11 @@ def _cache_headers(response):
         return response
     # /prices, /prices/by-date and /candles answer JSON or CSV by the Accept header.
     response.vary.add("Accept")
+    # With a list of CORS_ORIGINS, Access-Control-Allow-Origin names the request's Origin or is
+    # absent (flask-cors says Vary: Origin only when several could match, and not on a refusal):
+    # a cache must keep one answer per Origin. With "*" every origin gets the same answer.
+    if current_app.config["CORS_ORIGINS"] != "*":
+        response.vary.add("Origin")
     max_age = max_age_for(g.get("range_end"), time.time(), current_app.config)
     response.headers["Cache-Control"] = f"public, max-age={max_age}"
     if not response.is_streamed:  # a CSV download is streamed: hashing it would buffer it
@@ -51,3 +58,59 @@ def max_age_for(range_end, now, config):
     # Just after a slot starts its fetch may not have landed yet: only until it should have.
     due = slot + settle if now < slot + settle else slot + interval + settle
     return max(0, int(due - now))
+
+
+# --- The OpenAPI documentation of the above, for every GET under /api/ --------------------------
+
+ETAG_EXAMPLE = '"3f1c8e0b2a9d4c7e6f5a8b1c0d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e"'
+CACHE_HEADERS = {
+    "ETag": {
+        "description": "The answer's strong validator (SHA-256 of the body): send it back in"
+        " `If-None-Match`. Absent on a CSV download, which is streamed.",
+        "schema": {"type": "string", "example": ETAG_EXAMPLE},
+    },
+    "Cache-Control": {
+        "description": "`public, max-age=N`: until the next fetch should have landed (at most"
+        " FETCH_INTERVAL), or 6 hours for a range that ended before BACKFILL_WINDOW.",
+        "schema": {"type": "string", "example": "public, max-age=35"},
+    },
+}
+
+NOT_MODIFIED = {
+    "description": "Not Modified: the answer whose `ETag` you sent in `If-None-Match` is still"
+    " the current one. No body.",
+    "headers": {name: {"$ref": f"#/components/headers/{name}"} for name in CACHE_HEADERS},
+}
+
+
+class CachingDocs(BasePlugin):
+    """An apispec plugin: every GET under /api/ takes If-None-Match, may answer 304, and its 200
+    carries ETag and Cache-Control. One place, as _cache_headers is for every such answer."""
+
+    def init_spec(self, spec):
+        for name, header in CACHE_HEADERS.items():
+            spec.components.header(name, header)
+        spec.components.parameter(
+            "IfNoneMatch",
+            "header",
+            {
+                "name": "If-None-Match",
+                "description": "The `ETag` of the answer you hold: if it is still the current"
+                " one, the answer is a 304 without a body.",
+                "schema": {"type": "string", "example": ETAG_EXAMPLE},
+            },
+        )
+
+    def operation_helper(self, path=None, operations=None, **kwargs):
+        if not path.startswith("/api/") or "get" not in operations:
+            return
+        operation = operations["get"]
+        # Components by name: apispec turns them into references.
+        operation.setdefault("parameters", []).append("IfNoneMatch")
+        responses = operation.setdefault("responses", {})
+        ok = responses.get("200", responses.get(200))
+        if ok is not None:
+            ok.setdefault("headers", {}).update(NOT_MODIFIED["headers"])
+        # flask-smorest registers a response per status, emitted once referenced; TrackerApi
+        # makes this one NOT_MODIFIED.
+        responses["304"] = "NOT_MODIFIED"

@@ -19,6 +19,8 @@ from rq import Queue
 from sqlalchemy import MetaData
 from webargs.flaskparser import FlaskParser
 
+from tracker.caching import NOT_MODIFIED, CachingDocs
+
 # Stable constraint names, so Alembic migrations name them the same on every database.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -113,12 +115,15 @@ class TrackerApi(Api):
       FETCH_INTERVAL allows) or that have two JSON forms (prices) document themselves through
       an `openapi_properties(config, ret)` method, read when each app builds its spec.
     - Errors are documented with our ErrorSchema, the 422 with an example.
+    - Every GET under /api/ documents HTTP caching: If-None-Match, ETag, Cache-Control, 304.
     """
 
     ERROR_SCHEMA = ErrorSchema
 
     def _init_spec(self, **kwargs):
-        super()._init_spec(**kwargs)
+        # Every GET under /api/ documents its ETag, Cache-Control and 304 (tracker/caching.py).
+        plugins = [*(kwargs.pop("extra_plugins", None) or ()), CachingDocs()]
+        super()._init_spec(extra_plugins=plugins, **kwargs)
         config = self._app.config
 
         def configured_properties(converter, field, ret, **kwargs):
@@ -146,6 +151,7 @@ class TrackerApi(Api):
             },
             lazy=True,
         )
+        self.spec.components.response(HTTPStatus(304).name, NOT_MODIFIED, lazy=True)
 
     def _register_pagination_header(self):
         """Nothing: flask-smorest's pagination (and its PaginationMetadata schema) is unused.
