@@ -35,7 +35,7 @@ bench: install
 	$(BIN)/python -m tests.benchmark
 
 ## The same at size (docs/SCALING.md): 20 tickers x 2 years, 21 million rows seeded on the server,
-## beside 20 tickers x 3 days; about 20 minutes and 3 GB of disk, its database dropped at the end.
+## beside 20 tickers x 3 days; about 15 minutes and 3 GB of disk, its database dropped at the end.
 ## The statement timeout is raised so that the two-year candle page is timed, not cancelled (503).
 bench-size: install
 	DB_STATEMENT_TIMEOUT_MS=60000 $(BIN)/python -m tests.benchmark --tickers=20 --days=3,730 --drop
