@@ -68,7 +68,7 @@ def main(argv=None):
         **os.environ,
         "DATABASE_URL": database_url,
         "REDIS_URL": options.redis_url,
-        "TICKERS": TICKERS,
+        "TICKERS": ",".join(options.tickers),
         "PYTHONUNBUFFERED": "1",
     }
     results = {
@@ -96,7 +96,10 @@ def main(argv=None):
         )
         load = Load(wrk, workdir / "paths.lua", options, database_url)
         for size in options.sizes:
-            results["seeds"].append(seed(database_url, size, env))
+            if options.days:
+                results["seeds"].append(seed_history(database_url, options.tickers, size))
+            else:
+                results["seeds"].append(seed(database_url, size, env))
             rows, first, last = table_span(database_url)
             plan = [(const, "constant", ["/constant"], "floor")]
             for name, api_paths, raw_paths in endpoint_paths(first, last):
@@ -140,8 +143,28 @@ def _parse(argv):
         "--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
     )
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument(
+        "--days",
+        help="history lengths in days, comma-separated, instead of --sizes: seeded on the server"
+        " (seed_history), every ticker every minute, as the fetcher writes them",
+    )
+    parser.add_argument(
+        "--tickers",
+        type=int,
+        default=2,
+        help=f"tickers in the table with --days: {', '.join(INDEX_NAMES[:3])}, ... (up to 99)",
+    )
     options = parser.parse_args(argv)
-    options.sizes = [int(size) for size in options.sizes.split(",")]
+    if options.tickers != 2 and not options.days:
+        parser.error("--tickers needs --days (flask seed, behind --sizes, seeds two tickers)")
+    if not 1 <= options.tickers <= 99:
+        parser.error("--tickers is 1 to 99")
+    options.tickers = ticker_names(options.tickers)
+    if options.days:
+        minutes = [round(float(days) * 1440) for days in options.days.split(",")]
+        options.sizes = [len(options.tickers) * m for m in minutes]
+    else:
+        options.sizes = [int(size) for size in options.sizes.split(",")]
     return options
 
 
@@ -205,6 +228,139 @@ def seed(database_url, rows, env):
     line = done.stdout.strip().splitlines()[-1]
     print(line, flush=True)
     return {"rows": rows, "days": round(days, 3), "seconds": round(seconds, 2), "output": line}
+
+
+# Deribit index names and a price each looks like (value, decimals), for tables of many
+# tickers; past them come synthetic names of the same shape (t21_usd, ...), at 100.0000.
+INDEX_PRICES = {
+    "btc_usd": (87000, 2),
+    "eth_usd": (3000, 2),
+    "sol_usdc": (140, 4),
+    "xrp_usdc": (2.2, 4),
+    "bnb_usdc": (600, 2),
+    "ada_usdc": (0.7, 5),
+    "avax_usdc": (25, 4),
+    "doge_usdc": (0.17, 6),
+    "dot_usdc": (4.5, 4),
+    "link_usdc": (14, 4),
+    "ltc_usdc": (85, 3),
+    "bch_usdc": (350, 2),
+    "trx_usdc": (0.25, 6),
+    "uni_usdc": (7, 4),
+    "near_usdc": (3, 4),
+    "algo_usdc": (0.2, 5),
+    "paxg_usdc": (3300, 2),
+    "usde_usdc": (1, 5),
+    "btc_usdc": (87000, 2),
+    "eth_usdc": (3000, 2),
+}
+INDEX_NAMES = tuple(INDEX_PRICES)
+
+
+def ticker_names(count):
+    """The first `count` tickers of the bench's table: btc_usd (the one under load) first."""
+    return [
+        *INDEX_NAMES[:count],
+        *(f"t{n:02d}_usd" for n in range(len(INDEX_NAMES) + 1, count + 1)),
+    ]
+
+
+# The bench's history written on the server, minute by minute: one series of row numbers,
+# row i is ticker i % n at minute i / n, so nothing is sorted. A price is a slow wave with
+# noise around the ticker's usual value, rounded to its usual digits.
+SEED_INSERT = (
+    "INSERT INTO price_records (ticker, timestamp, price, source)"
+    " SELECT (%(names)s::text[])[k], ts, round((base[k] * (1 + 0.2 * sin(ts / 1e6 + k)"
+    " + 0.002 * (random() - 0.5)))::numeric, (%(digits)s::int[])[k]), 'live'"
+    " FROM (SELECT %(first)s::bigint + i / %(n)s * 60 AS ts, (i %% %(n)s + 1)::int AS k"
+    "       FROM generate_series(0::bigint, %(rows)s - 1) AS i) AS minute,"
+    " (SELECT %(bases)s::float8[] AS base) AS constant"
+)
+
+
+def seed_history(database_url, tickers, rows):
+    """Empty the table and write `rows` rows on the server: one price a minute for every ticker.
+
+    Rows go in the order the fetcher writes them (a minute of every ticker, then the next
+    minute), so a ticker's day is spread over the heap as in production; source 'live',
+    ending at the current minute. The table is loaded without its indexes, which are then
+    built again from their own definitions, as a restore does; then VACUUM and ANALYZE.
+    Returns the time of each step and the sizes.
+    """
+    minutes = rows // len(tickers)
+    last = int(time.time()) // 60 * 60
+    prices = [INDEX_PRICES.get(ticker, (100, 4)) for ticker in tickers]
+    params = {
+        "names": list(tickers),
+        "bases": [float(base) for base, _ in prices],
+        "digits": [digits for _, digits in prices],
+        "first": last - (minutes - 1) * 60,
+        "n": len(tickers),
+        "rows": minutes * len(tickers),
+    }
+    connection = pg_connect(database_url)
+    connection.autocommit = True
+    timings = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+                " WHERE conrelid = 'price_records'::regclass AND contype IN ('p', 'u')"
+            )
+            constraints = cursor.fetchall()
+            cursor.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'price_records'"
+                " AND indexname NOT IN (SELECT conname FROM pg_constraint)"
+            )
+            indexes = cursor.fetchall()
+            cursor.execute("TRUNCATE price_records")
+            for name, _ in constraints:
+                cursor.execute(f"ALTER TABLE price_records DROP CONSTRAINT {name}")
+            for name, _ in indexes:
+                cursor.execute(f"DROP INDEX {name}")
+            steps = [
+                ("insert_s", SEED_INSERT, params),
+                *(
+                    ("indexes_s", f"ALTER TABLE price_records ADD CONSTRAINT {name} {text}", None)
+                    for name, text in constraints
+                ),
+                *(("indexes_s", text, None) for _, text in indexes),
+                ("vacuum_s", "VACUUM price_records", None),
+                ("analyze_s", "ANALYZE price_records", None),
+                # All visible now: the cost of a vacuum that finds nothing new.
+                ("vacuum_again_s", "VACUUM price_records", None),
+            ]
+            for step, statement, values in steps:
+                started = time.monotonic()
+                cursor.execute(statement, values)
+                timings[step] = round(timings.get(step, 0) + time.monotonic() - started, 2)
+            cursor.execute(
+                "SELECT count(*), pg_relation_size('price_records'),"
+                " pg_indexes_size('price_records') FROM price_records"
+            )
+            count, table_bytes, index_bytes = cursor.fetchone()
+    finally:
+        connection.close()
+    result = {
+        "rows": count,
+        "tickers": len(tickers),
+        "minutes": minutes,
+        **timings,
+        "table_bytes": table_bytes,
+        "index_bytes": index_bytes,
+        "table_bytes_per_row": round(table_bytes / max(count, 1), 1),
+        "index_bytes_per_row": round(index_bytes / max(count, 1), 1),
+    }
+    print(
+        f"seeded {count} rows ({len(tickers)} tickers x {minutes} minutes) on the server:"
+        f" insert {timings['insert_s']} s, indexes {timings['indexes_s']} s,"
+        f" vacuum {timings['vacuum_s']} s, analyze {timings['analyze_s']} s, vacuum again"
+        f" {timings['vacuum_again_s']} s; table {table_bytes / 2**20:.0f} MiB"
+        f" ({result['table_bytes_per_row']} B/row), indexes {index_bytes / 2**20:.0f} MiB"
+        f" ({result['index_bytes_per_row']} B/row)",
+        flush=True,
+    )
+    return result
 
 
 def table_span(database_url):
@@ -335,6 +491,7 @@ def range_timings(base_url, rows, last, runs=5):
         ("candles 1d", f"{candles}&interval=1d&limit=730&to={last}"),
         ("candles 1h 3d", f"{candles}&interval=1h&limit=1000&from={last - 3 * DAY}&to={last}"),
         ("candles 1d 3d", f"{candles}&interval=1d&limit=730&from={last - 3 * DAY}&to={last}"),
+        ("stats day", f"{api}/prices/stats?ticker={TICKER}&from={last - DAY}&to={last}"),
         ("stats year", f"{api}/prices/stats?ticker={TICKER}&from={last - YEAR}&to={last}"),
     ]
     timings = []

@@ -10,9 +10,23 @@ import re
 import secrets
 import subprocess
 import sys
+import time
 
-from tests.benchmark import CACHE_CELLS, ENDPOINTS, parse_wrk
+import pytest
+
+from tests.benchmark import (
+    CACHE_CELLS,
+    ENDPOINTS,
+    INDEX_PRICES,
+    _parse,
+    create_database,
+    drop_database,
+    parse_wrk,
+    seed_history,
+    sql,
+)
 from tests.conftest import ROOT, TEST_REDIS_URL, installed
+from tracker.config import _tickers
 from tracker.deribit import MAX_CONNECTIONS
 
 WRK_OUTPUT = """Running 1s test @ http://127.0.0.1:8000
@@ -41,6 +55,58 @@ def test_wrk_output_is_parsed_with_units_and_every_kind_of_error():
         "requests": 3812,
         "errors": 7,
     }
+
+
+def test_size_options_make_20_tickers_of_two_years_21_million_rows_of_valid_names():
+    options = _parse(["--tickers=20", "--days=3,730"])
+    assert options.sizes == [20 * 1440 * 3, 21_024_000]
+    assert options.tickers[0] == "btc_usd"  # the ticker the bench loads
+    assert _tickers(",".join(options.tickers)) == tuple(options.tickers)  # TICKERS accepts them
+    assert len(set(_parse(["--tickers=50", "--days=1"]).tickers)) == 50
+    with pytest.raises(SystemExit):  # flask seed, behind --sizes, writes two tickers only
+        _parse(["--tickers=20"])
+
+
+# What the schema holds besides rows: keys, indexes and checks, each with its definition.
+SCHEMA = (
+    "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+    " WHERE conrelid = 'price_records'::regclass"
+    " UNION SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'price_records'"
+    " ORDER BY 1"
+)
+
+
+def test_seed_history_writes_every_minute_of_every_ticker_as_the_fetcher_does():
+    database = f"tracker_bench_seed_{os.getpid()}_{secrets.token_hex(3)}"
+    url = create_database(database)
+    try:
+        schema = sql(url, SCHEMA)
+        tickers = _parse(["--tickers=3", "--days=1"]).tickers
+        result = seed_history(url, tickers, 3 * 1440)
+        now = int(time.time())
+
+        assert result["rows"] == 3 * 1440 and result["table_bytes"] > 0
+        # The keys and indexes dropped for the load are back, exactly as the migrations made them.
+        assert sql(url, SCHEMA) == schema
+        spans = sql(
+            url,
+            "SELECT ticker, count(*), min(timestamp), max(timestamp), min(price),"
+            " min(scale(price)), max(scale(price)), count(*) FILTER (WHERE source = 'live')"
+            " FROM price_records GROUP BY ticker ORDER BY ticker",
+        )
+        assert [span[0] for span in spans] == sorted(tickers)
+        for ticker, count, first, last, lowest, *scales, live in spans:
+            assert count == 1440 and last - first == 1439 * 60 and last % 60 == 0, ticker
+            assert now - 120 <= last <= now, ticker  # history ends at the current minute
+            assert lowest > 0 and live == count, ticker
+            # Prices carry the ticker's usual digits: 2 for btc_usd, 4 for sol_usdc.
+            assert scales == [INDEX_PRICES[ticker][1]] * 2, ticker
+        # On disk, a minute of every ticker, then the next minute: the fetcher's order.
+        heap = sql(url, "SELECT ticker, timestamp FROM price_records ORDER BY ctid LIMIT 6")
+        first = min(span[2] for span in spans)
+        assert heap == [(ticker, first + 60 * minute) for minute in (0, 1) for ticker in tickers]
+    finally:
+        drop_database(database)
 
 
 def test_bench_runs_end_to_end_on_a_tiny_table(redis_conn, tmp_path):
@@ -91,15 +157,17 @@ def test_bench_runs_end_to_end_on_a_tiny_table(redis_conn, tmp_path):
     assert history["tickers"]["slots"] == 2
     ranges = {c["endpoint"]: c for c in results["ranges"]}
     # 10,000 rows are ~3.5 days of two tickers: every candle page reads all of btc_usd or
-    # the last three days; the year's statistics read all of it.
+    # the last three days; the year's statistics read all of it, the day's 1,441 minutes.
     assert set(ranges) == {
         "candles 1h",
         "candles 1d",
         "candles 1h 3d",
         "candles 1d 3d",
+        "stats day",
         "stats year",
     }
     assert ranges["candles 1h"]["read"] == ranges["stats year"]["read"] == 5000
+    assert ranges["stats day"]["read"] == 1441  # from and to included
     assert 0 < ranges["candles 1d 3d"]["read"] <= ranges["candles 1h 3d"]["read"] < 5000
     # Every hour and day of the 5,000 minutes has its candle: 84 or 85 hours, by the minute
     # of the hour the seeded history starts at.
