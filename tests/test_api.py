@@ -119,6 +119,20 @@ def test_latest_is_404_with_a_message_when_nothing_is_stored(client):
     assert response.json["message"] == "No price stored for eth_usd yet."
 
 
+def test_latest_parses_each_query_string_once_per_app_and_never_keeps_a_refusal(make_app):
+    # /prices/latest remembers its parsed arguments (StrictQueryParser.parse): by query
+    # string and by app, whose TICKERS decide what is valid, and only when they were valid.
+    both = make_app(TICKERS="btc_usd,eth_usd").test_client()
+    btc_only = make_app(TICKERS="btc_usd").test_client()
+    url = "/api/v1/prices/latest?ticker=eth_usd"
+    for _ in range(2):
+        assert both.get(url).status_code == 404  # valid, nothing stored yet
+        assert btc_only.get(url).status_code == 422
+        repeated = both.get(f"{url}&ticker=eth_usd")
+        assert repeated.status_code == 422 and "Given 2 times" in repeated.text
+    assert both.get(url).json == both.get(url).json
+
+
 @pytest.mark.parametrize(
     ("moment", "expected"),
     [
