@@ -26,6 +26,7 @@ from tracker.responses import HealthSchema, ReadinessSchema
 request_log = logging.getLogger("tracker.request")
 
 REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID_ENVIRON = "HTTP_X_REQUEST_ID"
 # An incoming id is kept only if it is short and safe to put in a log line and a header.
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # Label values are bounded: a client must not mint time series with made-up methods or paths.
@@ -50,7 +51,8 @@ def init_app(app):
 
 def _start_request():
     g.request_started = time.perf_counter()
-    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    # From the environ: request.headers.get() raises and catches a KeyError when it is absent.
+    incoming = request.environ.get(REQUEST_ID_ENVIRON, "")
     g.request_id = incoming if REQUEST_ID_RE.fullmatch(incoming) else new_request_id()
 
 
