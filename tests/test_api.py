@@ -119,6 +119,20 @@ def test_latest_is_404_with_a_message_when_nothing_is_stored(client):
     assert response.json["message"] == "No price stored for eth_usd yet."
 
 
+def test_latest_parses_each_query_string_once_per_app_and_never_keeps_a_refusal(make_app):
+    # /prices/latest remembers its parsed arguments (StrictQueryParser.parse): by query
+    # string and by app, whose TICKERS decide what is valid, and only when they were valid.
+    both = make_app(TICKERS="btc_usd,eth_usd").test_client()
+    btc_only = make_app(TICKERS="btc_usd").test_client()
+    url = "/api/v1/prices/latest?ticker=eth_usd"
+    for _ in range(2):
+        assert both.get(url).status_code == 404  # valid, nothing stored yet
+        assert btc_only.get(url).status_code == 422
+        repeated = both.get(f"{url}&ticker=eth_usd")
+        assert repeated.status_code == 422 and "Given 2 times" in repeated.text
+    assert both.get(url).json == both.get(url).json
+
+
 @pytest.mark.parametrize(
     ("moment", "expected"),
     [
@@ -386,7 +400,10 @@ def test_openapi_documents_every_endpoint_parameter_and_error(client):
     # The operations endpoints (/healthz, ...) are checked in test_observability.py.
     api_paths = {path: item for path, item in spec["paths"].items() if path.startswith("/api/")}
     tickers = api_paths.pop("/api/v1/tickers")["get"]  # the one endpoint without `ticker`
-    assert [p["name"] for p in tickers["parameters"]] == ["price_format"]
+    # Every GET under /api/ also takes the shared If-None-Match (test_caching.py checks it).
+    shared = {"$ref": "#/components/parameters/IfNoneMatch"}
+    assert tickers["parameters"] == [tickers["parameters"][0], shared]
+    assert tickers["parameters"][0]["name"] == "price_format"
     assert {"200", "422", "503"} <= set(tickers["responses"])
     assert tickers["responses"]["200"]["content"]["application/json"]["example"]["tickers"]
     assert set(api_paths) == {
@@ -401,7 +418,8 @@ def test_openapi_documents_every_endpoint_parameter_and_error(client):
     for path, item in api_paths.items():
         operation = item["get"]
         assert operation["summary"], path
-        params = {p["name"]: p for p in operation["parameters"]}
+        assert shared in operation["parameters"], path
+        params = {p["name"]: p for p in operation["parameters"] if p != shared}
         assert params["ticker"]["required"] is True, path
         assert params["ticker"]["schema"]["example"] == "btc_usd"
         assert {"200", "422", "503"} <= set(operation["responses"]), path
@@ -411,13 +429,13 @@ def test_openapi_documents_every_endpoint_parameter_and_error(client):
         assert ("price_format" in params) is (path != "/api/v1/prices/gaps"), path
     prices = spec["paths"]["/api/v1/prices"]["get"]
     assert {"ticker", "limit", "cursor", "from", "to", "source", "format", "price_format"} == {
-        p["name"] for p in prices["parameters"]
+        p["name"] for p in prices["parameters"] if p != shared
     }
     assert "Link" in prices["responses"]["200"]["headers"]
     assert "404" in spec["paths"]["/api/v1/prices/latest"]["get"]["responses"]
     candles = spec["paths"]["/api/v1/candles"]["get"]
     assert {"ticker", "interval", "limit", "cursor", "from", "to", "format", "price_format"} == {
-        p["name"] for p in candles["parameters"]
+        p["name"] for p in candles["parameters"] if p != shared
     }
     # The paged endpoints also answer CSV: documented as the 200's other media type.
     for path in ("/api/v1/prices", "/api/v1/prices/by-date", "/api/v1/candles"):

@@ -6,6 +6,7 @@ import time
 
 from apispec import BasePlugin
 from flask import current_app, g, request
+from werkzeug.http import http_date
 
 # A range that ended before the backfill window can no longer change (the backfill looks no
 # further back and the live fetch writes only the current slot): a cache may keep it for hours.
@@ -26,25 +27,52 @@ def range_ends_at(timestamp):
 
 
 def _cache_headers(response):
-    if not request.path.startswith("/api/") or request.method not in ("GET", "HEAD"):
+    req = request._get_current_object()  # one LocalProxy lookup, not one per attribute
+    if not req.path.startswith("/api/") or req.method not in ("GET", "HEAD"):
         return response
     if response.status_code != 200:
         # A 404 turns into data with the next fetch, a 429 or 503 passes: never keep them.
         response.headers["Cache-Control"] = "no-store"
         return response
+    headers = response.headers
+    # Which headers the view set, read once: `name in headers` raises and catches a KeyError
+    # for every absent name, and set() scans the list, where add() appends.
+    present = {name.lower() for name, _ in headers}
     # /prices, /prices/by-date and /candles answer JSON or CSV by the Accept header.
-    response.vary.add("Accept")
     # With a list of CORS_ORIGINS, Access-Control-Allow-Origin names the request's Origin or is
     # absent (flask-cors says Vary: Origin only when several could match, and not on a refusal):
     # a cache must keep one answer per Origin. With "*" every origin gets the same answer.
-    if current_app.config["CORS_ORIGINS"] != "*":
-        response.vary.add("Origin")
+    vary = ("Accept",) if current_app.config["CORS_ORIGINS"] == "*" else ("Accept", "Origin")
+    if "vary" in present:
+        for name in vary:
+            response.vary.add(name)
+    else:
+        headers.add("Vary", ", ".join(vary))
     max_age = max_age_for(g.get("range_end"), time.time(), current_app.config)
-    response.headers["Cache-Control"] = f"public, max-age={max_age}"
+    headers.set("Cache-Control", f"public, max-age={max_age}")
     if not response.is_streamed:  # a CSV download is streamed: hashing it would buffer it
         response.set_etag(hashlib.sha256(response.get_data()).hexdigest())
-        response.make_conditional(request)  # If-None-Match that matches: 304, no body
+        if "HTTP_IF_NONE_MATCH" in req.environ or "content-length" not in present:
+            response.make_conditional(req)  # If-None-Match that matches: 304, no body
+        elif "date" not in present:
+            # All make_conditional does without If-None-Match to a body of known length
+            # (there is no Last-Modified to compare and no Range is served): add a Date.
+            headers.add("Date", _http_date_now())
     return response
+
+
+_date = (None, "")  # (whole second, its HTTP date), replaced as one tuple: threads
+
+
+def _http_date_now():
+    """werkzeug's http_date() of now, made once per second rather than once per answer."""
+    global _date
+    second, text = _date
+    now = int(time.time())
+    if second != now:
+        second, text = now, http_date(now)
+        _date = (second, text)
+    return text
 
 
 def max_age_for(range_end, now, config):

@@ -73,6 +73,32 @@ class StrictQueryParser(FlaskParser):
     (none yet) may repeat.
     """
 
+    # Schemas whose parsed arguments depend on nothing but the query string and the app's
+    # settings (no Accept header, no clock), by id: see query_args(remember=True).
+    remembered = set()
+    # Distinct query strings kept per app; clients choose them, so the memory is bounded.
+    REMEMBERED_MAX = 256
+
+    def parse(self, argmap, req=None, **kwargs):
+        """webargs' parse; for a `remembered` schema, once per query string and app.
+
+        Parsing and validating `ticker=btc_usd` with webargs and marshmallow was a tenth of
+        /prices/latest's CPU in the app (docs/PERFORMANCE.md), and its answer for the same
+        query string never changes. Only valid arguments are kept: an invalid query string is
+        parsed, and refused, every time.
+        """
+        if id(argmap) not in self.remembered:
+            return super().parse(argmap, req, **kwargs)
+        parsed = current_app.extensions.setdefault("tracker_parsed_args", {})
+        key = (id(argmap), (req or request).query_string)
+        args = parsed.get(key)
+        if args is None:
+            args = super().parse(argmap, req, **kwargs)
+            if len(parsed) >= self.REMEMBERED_MAX:
+                parsed.clear()
+            parsed[key] = args
+        return dict(args)  # the view's own copy
+
     def load_querystring(self, req, schema):
         args = super().load_querystring(req, schema)  # webargs' proxy: knows the list fields
         known = {field.data_key or name for name, field in schema.fields.items()}

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import time
 from datetime import UTC, datetime
 
 from flask import g, has_request_context
@@ -28,6 +29,26 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """TEXT_FORMAT, with its date and time made once per second instead of once per line.
+
+    logging's formatTime runs localtime() and strftime() for every record: a few per cent of
+    a cheap request's CPU with one log line per request. The text is the same.
+    """
+
+    def __init__(self):
+        super().__init__(TEXT_FORMAT)
+        self._second = (None, "")  # (whole second, its text), replaced as one tuple: threads
+
+    def formatTime(self, record, datefmt=None):
+        second, text = self._second
+        if second != int(record.created):
+            second = int(record.created)
+            text = time.strftime(self.default_time_format, self.converter(second))
+            self._second = (second, text)
+        return self.default_msec_format % (text, record.msecs)
+
+
 class RequestIdFilter(logging.Filter):
     """Tag every record logged while a request is handled with that request's id."""
 
@@ -43,7 +64,7 @@ def configure_logging(level, log_format):
     for handler in [h for h in root.handlers if isinstance(h, _TrackerHandler)]:
         root.removeHandler(handler)
     handler = _TrackerHandler()
-    formatter = JSONFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    formatter = JSONFormatter() if log_format == "json" else TextFormatter()
     handler.setFormatter(formatter)
     handler.addFilter(RequestIdFilter())
     root.addHandler(handler)

@@ -40,13 +40,24 @@ def init_app(app):
     strict = render(STRICT)
     by_endpoint = {SWAGGER_UI_ENDPOINT: strict, REDOC_ENDPOINT: render(redoc_policy(app.config))}
 
+    # The names of what this hook writes, to see in one pass whether a view set one already.
+    names = {name.lower() for name in (*HEADERS, "Content-Security-Policy")}
+
     @app.after_request
     def add_security_headers(response):
-        response.headers.update(HEADERS)
-        response.headers["Content-Security-Policy"] = by_endpoint.get(request.endpoint, strict)
+        req = request._get_current_object()  # one LocalProxy lookup, not one per attribute
+        policy = by_endpoint.get(req.endpoint, strict)
+        headers = response.headers
+        if any(name.lower() in names for name, _ in headers):
+            # A view set one of them: replace it, as set() does.
+            headers.update(HEADERS)
+            headers["Content-Security-Policy"] = policy
+        else:  # the usual case: append, without set()'s scan of the list for each header
+            headers.extend(HEADERS)
+            headers.add("Content-Security-Policy", policy)
         # request.is_secure: https to gunicorn, or X-Forwarded-Proto from a trusted proxy.
-        if request.is_secure:
-            response.headers["Strict-Transport-Security"] = HSTS
+        if req.is_secure:
+            headers["Strict-Transport-Security"] = HSTS
         return response
 
 

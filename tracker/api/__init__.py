@@ -20,11 +20,15 @@ LINK_HEADER = {
 }
 
 
-def query_args(schema):
+def query_args(schema, remember=False):
     """Parse query arguments strictly: an unknown or repeated parameter is an error (422), not
-    silently ignored (see StrictQueryParser)."""
+    silently ignored (see StrictQueryParser). `remember`: the arguments depend on the query
+    string and the app's settings alone, so each query string is parsed once per app."""
     # An instance, not the class: webargs would build a new schema on every request.
-    return blp.arguments(schema(), location="query", unknown=RAISE, as_kwargs=False)
+    instance = schema()
+    if remember:
+        blp.ARGUMENTS_PARSER.remembered.add(id(instance))  # alive as long as the view
+    return blp.arguments(instance, location="query", unknown=RAISE, as_kwargs=False)
 
 
 def _header(description, example):

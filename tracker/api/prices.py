@@ -105,7 +105,7 @@ class Prices(MethodView):
 @blp.route("/prices/latest")
 class LatestPrice(MethodView):
     @blp.doc(operationId="getLatestPrice")
-    @query_args(TickerPriceArgsSchema)
+    @query_args(TickerPriceArgsSchema, remember=True)
     @blp.response(200, PriceSchema, example=PRICE_EXAMPLE)
     @blp.alt_response(
         404,
