@@ -64,6 +64,10 @@ class InvalidPrice(DeribitError):
     finite; chart data or an index list that is not a list."""
 
 
+# The reason of a request refused its turn by RequestPace: never retried.
+PACED = "paced"
+
+
 class RequestPace:
     """A token bucket shared by every request of a client: `burst` at once, then `rate` a second.
 
@@ -90,7 +94,7 @@ class RequestPace:
                 self._tokens += 1  # not taken after all
                 raise DeribitUnavailable(
                     f"Deribit's rate limit leaves no turn before the deadline ({pause:.2f}s away)",
-                    "paced",
+                    PACED,
                 )
         if pause:
             time.sleep(pause)
@@ -167,6 +171,8 @@ class DeribitClient:
             try:
                 return self._request(method, params, parse, deadline)
             except DeribitUnavailable as exc:
+                if exc.reason == PACED:
+                    raise  # a later try's turn only comes later: fail at once, as documented
                 pause = self.backoff * 2 ** (attempt - 1)
                 if attempt == self.attempts or time.monotonic() + pause >= deadline:
                     raise DeribitUnavailable(
