@@ -4,6 +4,7 @@ import base64
 import binascii
 import math
 import re
+import time
 from datetime import UTC, date, datetime
 from http import HTTPStatus
 
@@ -230,7 +231,7 @@ class SpanLimit:
         open_from = ", or after the first stored price without `from`" if self.open_from else ""
         return (
             f"{scope} may be at most {config[self.setting]} days ({self.setting}) after"
-            f" `from`{open_from}; more is a 422."
+            f" `from`{open_from}; more is a 422. A `to` after now counts as now."
         )
 
     def check(self, ticker, start, end):
@@ -241,6 +242,9 @@ class SpanLimit:
         cut short once it does not, so a download never silently lacks its oldest rows.
         """
         days = current_app.config[self.setting]
+        # Measured up to now: nothing is stored later, and to=9999-12-31 means "up to now", not
+        # a hint to start in 9997.
+        end = min(end, int(time.time()))
         open_range = start is None
         if open_range:
             start = oldest_timestamp(ticker)
