@@ -12,6 +12,8 @@ import requests
 
 from tests.conftest import command, free_port, read_log, wait_for_http
 from tests.fake_deribit import INDEX_NAMES, NAMES_SHAPES, Reply, error_reply
+from tests.test_observability import readyz
+from tests.test_observability import store as store_aged
 from tracker import ConfigError
 from tracker.deribit import (
     MAX_CONNECTIONS,
@@ -154,6 +156,32 @@ def test_a_fetch_cycle_stores_a_price_for_every_listed_index(make_app, deribit):
         rows = db.session.execute(db.select(Price.ticker, Price.price)).all()
     assert summary["failed"] == {} and summary["stored"] == list(ALL)
     assert dict(rows) == {t: Decimal(deribit.price_at(t, 0)) for t in ALL}
+
+
+def test_with_tickers_all_readiness_reports_never_priced_indexes_without_failing(
+    make_app, deribit, redis_conn
+):
+    """An index Deribit lists but never prices (or one this process tracks and the worker,
+    resolved at another start, does not) would keep every web host out of the load balancer:
+    named in the body instead. A stale price, or none at all, still fails."""
+    app = make_app(TICKERS="all")
+    client = app.test_client()
+    status, body = readyz(client)
+    assert status == 503 and body["failed"] == ["prices"]  # nothing stored: not ready
+    store_aged(app, **{ALL[0]: 5, ALL[1]: 30})
+    status, body = readyz(client)
+    prices = body["checks"]["prices"]
+    assert status == 200 and prices["ok"] is True, body
+    assert prices["never_priced"] == list(ALL[2:]) and "error" not in prices
+    store_aged(app, **{ALL[2]: 181})  # older than 3 x FETCH_INTERVAL
+    status, body = readyz(client)
+    assert status == 503, body
+    assert body["checks"]["prices"]["error"].startswith(f"newest {ALL[2]} price is ")
+    # A list names what it wants: one without a price fails, as before.
+    status, body = readyz(make_app(TICKERS=f"{ALL[0]},{ALL[3]}").test_client())
+    assert status == 503, body
+    assert body["checks"]["prices"]["error"] == f"no price stored for {ALL[3]}"
+    assert "never_priced" not in body["checks"]["prices"]
 
 
 @pytest.fixture

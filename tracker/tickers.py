@@ -28,7 +28,9 @@ def resolve_tickers(app):
     a ConfigError says why (wsgi.py and the flask CLI print it as one line).
     """
     config = app.config
-    if config["TICKERS"] == ALL_TICKERS:
+    # Kept for /readyz: Deribit's list may hold indexes it never prices.
+    config["TICKERS_ALL"] = config["TICKERS"] == ALL_TICKERS
+    if config["TICKERS_ALL"]:
         config["TICKERS"] = _all_tickers(app)
     _warn_if_too_fast(config["TICKERS"], config["FETCH_INTERVAL"])
 
