@@ -64,6 +64,12 @@ class InvalidPrice(DeribitError):
     finite; chart data or an index list that is not a list."""
 
 
+def paced_seconds(count):
+    """How long RequestPace makes a cycle of `count` requests wait: the burst goes at once, the
+    rest at the rate."""
+    return max(0, count - BURST_REQUESTS) / REQUESTS_PER_SECOND
+
+
 # The reason of a request refused its turn by RequestPace: never retried.
 PACED = "paced"
 
