@@ -9,7 +9,7 @@ import pytest
 from tracker.caching import SETTLED_MAX_AGE, max_age_for
 from tracker.models import insert_prices
 
-CONFIG = {"FETCH_INTERVAL": 60, "BACKFILL_WINDOW": 172800}
+CONFIG = {"FETCH_INTERVAL": 60, "BACKFILL_WINDOW": 172800, "TICKERS": ("btc_usd", "eth_usd")}
 SLOT = 1795176000  # 2026-11-20T12:00:00Z, a minute boundary
 
 
@@ -50,6 +50,20 @@ def test_never_longer_than_the_fetch_interval():
         config = {**CONFIG, "FETCH_INTERVAL": interval}
         for offset in range(0, 3600, 7):
             assert 0 <= max_age_for(None, SLOT + offset, config) <= interval
+
+
+def test_a_paced_list_is_cached_only_until_its_last_ticker_has_landed():
+    """TICKERS=all: past a burst of 50, Deribit's pace asks 20 a second, so 100 tickers land
+    2.5 s later than two do; 500 (22.5 s) are capped at a quarter of the interval, as ever."""
+
+    def tickers(count):
+        return {**CONFIG, "TICKERS": tuple(f"i{n}_usd" for n in range(count))}
+
+    assert max_age_for(None, SLOT + 6, CONFIG) == 59  # two tickers: landed 5 s into the slot
+    assert max_age_for(None, SLOT + 6, tickers(100)) == 1  # the last ones land at 7.5 s
+    assert max_age_for(None, SLOT + 8, tickers(100)) == 59
+    assert max_age_for(None, SLOT + 14, tickers(500)) == 1  # 15 s: FETCH_INTERVAL // 4
+    assert max_age_for(None, SLOT + 15, tickers(500)) == 60
 
 
 def test_a_range_that_ended_before_the_backfill_window_is_cached_for_hours():

@@ -5,7 +5,9 @@ import time
 from decimal import Decimal
 
 import pytest
+from sqlalchemy.engine import make_url
 
+from tests.conftest import _migrate, admin_connection
 from tests.fake_deribit import chart_reply, error_reply
 from tests.test_observability import metric
 from tracker.extensions import db
@@ -100,6 +102,39 @@ def test_the_window_starts_at_the_first_stored_row_and_spares_the_newest_slots(a
     assert sorted(rows_of(app, "btc_usd")) == [s * INTERVAL for s in range(now - 5, now - 1)]
     assert reports["btc_usd"]["missing"] == 3
     assert reports["eth_usd"]["note"] == "no price stored yet"
+
+
+@pytest.fixture
+def read_database(postgres_url):
+    """A second PostgreSQL database, migrated: what READ_DATABASE_URL points at (a replica
+    stands in; no replication needed to tell which database a query went to)."""
+    name = f"{make_url(postgres_url).database}_read"
+    admin = admin_connection()
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        _migrate(url)
+        yield url
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_the_backfill_reads_the_primary_not_the_read_database(make_app, moving, read_database):
+    """The worker's holes are the primary's: a read database (replica) with other rows, or
+    lagging, must not hide a hole nor invent one."""
+    now = current_slot()
+    app = make_app(READ_DATABASE_URL=read_database)
+    store(app, "btc_usd", [now - 10, now - 5])  # the primary: holes now-9 .. now-6, now-4 .. now-2
+    replica = make_app(DATABASE_URL=read_database)
+    store(replica, "btc_usd", range(now - 30, now))  # the read database: no hole at all
+    with app.app_context():
+        report = backfill_prices(tickers=["btc_usd"])["btc_usd"]
+    assert report["missing"] == 7 and report["filled"] == 7
+    assert sorted(rows_of(app, "btc_usd")) == [s * INTERVAL for s in range(now - 10, now - 1)]
 
 
 def test_points_coarser_than_the_interval_fill_only_their_slots(app, moving):

@@ -1,5 +1,6 @@
 """Bounded work per request: the span of a range (MAX_RANGE_DAYS) and of a CSV (MAX_CSV_DAYS)."""
 
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -35,6 +36,19 @@ def test_exactly_the_maximum_passes_one_second_more_is_a_422(client, url, settin
     assert client.get(f"{url}&from={start}&to={end}").status_code == 200
     assert_span_refused(client.get(f"{url}&from={start - 1}&to={end}"), setting, start)
     assert_span_refused(client.get(f"{url}&from={start}&to={end + 1}"), setting, start + 1)
+
+
+@pytest.mark.parametrize(("url", "setting"), BOUNDED)
+def test_a_range_is_measured_up_to_now(client, url, setting):
+    """A `to` far in the future spans no more than up to now: no 422 for it, and a refusal
+    names a `from` before now, not one in 9997."""
+    now = int(time.time())
+    assert client.get(f"{url}&from={now - DAYS_731 + 3600}&to=9999-12-31").status_code == 200
+    response = client.get(f"{url}&from={now - DAYS_731 - 3600}&to=9999-12-31")
+    assert response.status_code == 422, response.get_data(as_text=True)
+    [message] = response.json["errors"]["query"]["from"]
+    earliest = int(message.split("(")[1].split(")")[0])
+    assert now - DAYS_731 <= earliest <= int(time.time()) - DAYS_731, message
 
 
 def test_a_range_of_the_maximum_holds_both_of_its_ends(app, client):

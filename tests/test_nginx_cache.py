@@ -75,6 +75,22 @@ def test_a_second_latest_within_the_slot_is_a_hit_with_this_requests_headers(app
         assert not [name for name in cached.headers if name.startswith("X-RateLimit-")]
 
 
+def test_a_revalidated_answer_carries_no_stale_rate_limit_counts(app, start_proxy):
+    """REVALIDATED: the copy had expired and the app answered this request's If-None-Match with
+    a 304, counting it; but nginx sends the stored copy with the stored headers, and its
+    $upstream_http_x_ratelimit_* are the copy's too (the first client's counts): none sent."""
+    proxy = start_proxy(FETCH_INTERVAL=INTERVAL, RATE_LIMIT="600/minute")
+    slot = start_of_a_slot()
+    store(app, slot, "80000.5")
+    first = get(proxy, LATEST)
+    assert cache_status(first) == "MISS" and "X-RateLimit-Remaining" in first.headers
+    time.sleep(max_age(first) + 1.1)  # expired; no new price, so the same ETag
+    again = get(proxy, LATEST)
+    assert cache_status(again) == "REVALIDATED", again.headers
+    assert again.content == first.content
+    assert not [name for name in again.headers if name.startswith("X-RateLimit-")], again.headers
+
+
 def test_a_new_price_is_served_once_the_max_age_has_passed(app, start_proxy):
     proxy = start_proxy(FETCH_INTERVAL=INTERVAL)
     slot = start_of_a_slot()

@@ -2,6 +2,7 @@
 PostgreSQL streaming replica, two gunicorn servers behind one nginx upstream losing one under
 load, a standby scheduler, and the app through PgBouncer in transaction mode."""
 
+import itertools
 import os
 import shutil
 import signal
@@ -193,32 +194,70 @@ def test_the_api_reads_from_a_streaming_replica(deribit, spawn, replication):
 LOAD_THREADS = 8
 
 
+UPSTREAM_MARK = (
+    "# --- location /tracker/: these lines in place of docs/nginx.conf's proxy_pass line ---\n"
+)
+
+
 def render_upstream_conf(directory, listen_port, web_ports):
-    """docs/nginx-upstream.conf on loopback ports, in the main config test_proxy.py writes."""
+    """docs/nginx.conf on loopback ports with docs/nginx-upstream.conf's changes, put together
+    the way that file says: its upstream block first, its location lines in place of the
+    proxy_pass line. One source of truth: the cache, headers and maps are nginx.conf's own."""
     main = render_nginx_conf(directory, listen_port, web_ports[0])
-    site = (ROOT / "docs" / "nginx-upstream.conf").read_text()
-    replacements = [
-        ("listen 80;", f"listen 127.0.0.1:{listen_port};"),
+    upstream, location = (ROOT / "docs" / "nginx-upstream.conf").read_text().split(UPSTREAM_MARK)
+    for old, new in [
         ("server 10.0.0.11:8000 ", f"server 127.0.0.1:{web_ports[0]} "),
         ("server 10.0.0.12:8000 ", f"server 127.0.0.1:{web_ports[1]} "),
-    ]
-    for old, new in replacements:
-        assert site.count(old) == 1, f"docs/nginx-upstream.conf changed: {old!r} not found once"
-        site = site.replace(old, new)
-    (directory / "site.conf").write_text(site)  # in place of docs/nginx.conf
+    ]:
+        assert upstream.count(old) == 1, f"docs/nginx-upstream.conf changed: {old!r} not found once"
+        upstream = upstream.replace(old, new)
+    site = (directory / "site.conf").read_text()
+    proxy_pass = f"        proxy_pass http://127.0.0.1:{web_ports[0]}/;\n"
+    assert site.count(proxy_pass) == 1, "docs/nginx.conf changed: its proxy_pass line"
+    (directory / "site.conf").write_text(upstream + site.replace(proxy_pass, location))
     return main
 
 
+@pytest.fixture
+def upstream(app, spawn, tmp_path):
+    """Two gunicorn servers (one worker each) behind nginx's upstream, both answering."""
+    nginx = installed("nginx", "bash .ci/run installs Debian's nginx")
+    web_ports, proxy_port = [free_port(), free_port()], free_port()
+    webs = [
+        spawn(
+            command("gunicorn", "wsgi:app"),
+            GUNICORN_BIND=f"127.0.0.1:{port}",
+            GUNICORN_WORKERS=1,
+            GUNICORN_ACCESS_LOG="-",
+            TRUSTED_PROXIES=1,
+        )
+        for port in web_ports
+    ]
+    conf = render_upstream_conf(tmp_path, proxy_port, web_ports)
+    server = spawn(
+        [nginx, "-e", "stderr", "-p", str(tmp_path), "-c", str(conf)]
+        + ["-g", f"daemon off; pid {tmp_path / 'nginx.pid'};"]
+    )
+    for port, web in zip(web_ports, webs, strict=True):
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", process=web)
+    origin = f"http://127.0.0.1:{proxy_port}/tracker"
+    wait_for_http(f"{origin}/healthz", process=server)
+    yield SimpleNamespace(origin=origin, webs=webs, nginx=server)
+    assert server.poll() is None, read_log(server)
+
+
 def load(url, stop):
-    """GET `url` from LOAD_THREADS threads until `stop` is set: [(start, end, status), ...]."""
+    """GET `url` from LOAD_THREADS threads until `stop` is set: [(start, end, status), ...].
+    Its {n} is a moment after T0, a new one per request."""
     results = []
+    moments = itertools.count(T0 + 1)
 
     def client():
         with requests.Session() as session:
             while not stop.is_set():
                 start = time.monotonic()
                 try:
-                    status = session.get(url, timeout=10).status_code
+                    status = session.get(url.format(n=next(moments)), timeout=10).status_code
                 except requests.RequestException as exc:
                     status = type(exc).__name__
                 results.append((start, time.monotonic(), status))
@@ -241,36 +280,19 @@ def database_connections(app):
 
 
 def access_lines(process):
-    return read_log(process).count('"GET /api/v1/prices/latest?ticker=btc_usd HTTP')
+    return read_log(process).count('"GET /api/v1/prices/at?ticker=btc_usd&timestamp=')
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
-def test_a_web_server_stopped_under_load_fails_no_request(app, spawn, tmp_path, signal_name):
+def test_a_web_server_stopped_under_load_fails_no_request(app, upstream, signal_name):
     """Load through nginx onto two gunicorn servers; one is stopped (gracefully, or killed)
     mid-load: no request fails, and the survivor serves everything after."""
-    nginx = installed("nginx", "bash .ci/run installs Debian's nginx")
     seed(app, 1)
-    web_ports, proxy_port = [free_port(), free_port()], free_port()
-    webs = [
-        spawn(
-            command("gunicorn", "wsgi:app"),
-            GUNICORN_BIND=f"127.0.0.1:{port}",
-            GUNICORN_WORKERS=1,
-            GUNICORN_ACCESS_LOG="-",
-            TRUSTED_PROXIES=1,
-        )
-        for port in web_ports
-    ]
-    conf = render_upstream_conf(tmp_path, proxy_port, web_ports)
-    server = spawn(
-        [nginx, "-e", "stderr", "-p", str(tmp_path), "-c", str(conf)]
-        + ["-g", f"daemon off; pid {tmp_path / 'nginx.pid'};"]
-    )
-    for port, web in zip(web_ports, webs, strict=True):
-        wait_for_http(f"http://127.0.0.1:{port}/healthz", process=web)
-    url = f"http://127.0.0.1:{proxy_port}/tracker/api/v1/prices/latest?ticker=btc_usd"
-    wait_for_http(url, process=server)
+    webs = upstream.webs
+    # A new moment per request: nginx's cache would answer a repeated URL without a web server.
+    url = f"{upstream.origin}/api/v1/prices/at?ticker=btc_usd&timestamp={{n}}"
+    assert requests.get(url.format(n=T0), timeout=5).json()["timestamp"] == T0
 
     stop = threading.Event()
     results, threads = load(url, stop)
@@ -308,7 +330,26 @@ def test_a_web_server_stopped_under_load_fails_no_request(app, spawn, tmp_path, 
     assert failed == [], failed[:10]
     assert after and all(status == 200 for _, _, status in after)
     assert access_lines(survivor) > served_before  # the survivor carries on
-    assert server.poll() is None, read_log(server)
+    assert upstream.nginx.poll() is None, read_log(upstream.nginx)
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_the_apps_own_503s_take_no_web_server_out(upstream):
+    """/readyz answers 503 while no price is stored: the app's answer, not a host that failed.
+    Passed on to the client, and both hosts stay in the upstream (with http_503 in
+    proxy_next_upstream and max_fails=1, each 503 marked its host down: then every request
+    was a 502 for fail_timeout)."""
+
+    def served(web):
+        return read_log(web).count('"GET /healthz HTTP')
+
+    before = [served(web) for web in upstream.webs]
+    for _ in range(2):
+        ready = requests.get(f"{upstream.origin}/readyz", timeout=5)
+        assert ready.status_code == 503, ready.text
+    statuses = [requests.get(f"{upstream.origin}/healthz", timeout=5).status_code for _ in range(4)]
+    assert statuses == [200] * 4, read_log(upstream.nginx)
+    assert all(served(web) > count for web, count in zip(upstream.webs, before, strict=True))
 
 
 # --- Connections: PgBouncer in transaction mode (docs/pgbouncer.ini) -------------------------

@@ -36,6 +36,7 @@ OPTIONAL = {
     ("Check", "error"),
     ("PricesCheck", "error"),
     ("PricesCheck", "tickers"),
+    ("PricesCheck", "never_priced"),  # TICKERS=all only
     ("Error", "message"),  # a 422 says it in `errors`
     ("Error", "errors"),  # 422 only
 }

@@ -12,8 +12,16 @@ import requests
 
 from tests.conftest import command, free_port, read_log, wait_for_http
 from tests.fake_deribit import INDEX_NAMES, NAMES_SHAPES, Reply, error_reply
+from tests.test_observability import readyz
+from tests.test_observability import store as store_aged
 from tracker import ConfigError
-from tracker.deribit import MAX_CONNECTIONS, DeribitClient, InvalidPrice, RequestPace
+from tracker.deribit import (
+    MAX_CONNECTIONS,
+    DeribitClient,
+    DeribitUnavailable,
+    InvalidPrice,
+    RequestPace,
+)
 from tracker.extensions import db
 from tracker.jobs import fetch_prices
 from tracker.models import Price, insert_prices
@@ -150,6 +158,32 @@ def test_a_fetch_cycle_stores_a_price_for_every_listed_index(make_app, deribit):
     assert dict(rows) == {t: Decimal(deribit.price_at(t, 0)) for t in ALL}
 
 
+def test_with_tickers_all_readiness_reports_never_priced_indexes_without_failing(
+    make_app, deribit, redis_conn
+):
+    """An index Deribit lists but never prices (or one this process tracks and the worker,
+    resolved at another start, does not) would keep every web host out of the load balancer:
+    named in the body instead. A stale price, or none at all, still fails."""
+    app = make_app(TICKERS="all")
+    client = app.test_client()
+    status, body = readyz(client)
+    assert status == 503 and body["failed"] == ["prices"]  # nothing stored: not ready
+    store_aged(app, **{ALL[0]: 5, ALL[1]: 30})
+    status, body = readyz(client)
+    prices = body["checks"]["prices"]
+    assert status == 200 and prices["ok"] is True, body
+    assert prices["never_priced"] == list(ALL[2:]) and "error" not in prices
+    store_aged(app, **{ALL[2]: 181})  # older than 3 x FETCH_INTERVAL
+    status, body = readyz(client)
+    assert status == 503, body
+    assert body["checks"]["prices"]["error"].startswith(f"newest {ALL[2]} price is ")
+    # A list names what it wants: one without a price fails, as before.
+    status, body = readyz(make_app(TICKERS=f"{ALL[0]},{ALL[3]}").test_client())
+    assert status == 503, body
+    assert body["checks"]["prices"]["error"] == f"no price stored for {ALL[3]}"
+    assert "never_priced" not in body["checks"]["prices"]
+
+
 @pytest.fixture
 def patient_client(deribit):
     """A client that waits out the fake's held answers (HOLD_SECONDS) without a timeout."""
@@ -190,14 +224,33 @@ def test_requests_beyond_the_burst_are_paced_at_the_rate(deribit):
         assert arrivals[k] - started >= (k - burst + 1) / rate - 0.02, k
 
 
+class CountingPace(RequestPace):
+    """A RequestPace that counts the turns it refused."""
+
+    def __init__(self, rate, burst):
+        super().__init__(rate, burst)
+        self.refused = []
+
+    def wait(self, deadline):
+        try:
+            super().wait(deadline)
+        except DeribitUnavailable as exc:
+            self.refused.append(exc.reason)  # list.append: safe from the pool's threads
+            raise
+
+
 def test_a_request_whose_turn_comes_after_the_deadline_fails_as_paced(deribit):
-    client = DeribitClient(deribit.base_url, timeout=2, backoff=5, pace=RequestPace(1, 2))
-    results = client.index_prices(ALL[:5], time.monotonic() + 1.5)
+    # The default backoff (0.25 s): a refused turn is not tried again, once per ticker.
+    pace = CountingPace(1, 2)
+    client = DeribitClient(deribit.base_url, timeout=5, pace=pace)
+    results = client.index_prices(ALL[:5], time.monotonic() + 1.9)
     client.session.close()
-    # Two at once, the third a second later, the last two would wait past the deadline.
+    # Turns at 0, 0, 1, 2 and 3 s: the third has 0.9 s left for its request (a busy machine
+    # needs it), the last two would wait past the deadline.
     assert sum(isinstance(price, Decimal) for price in results.values()) == 3
     failed = [error for error in results.values() if not isinstance(error, Decimal)]
     assert [error.reason for error in failed] == ["paced", "paced"]
+    assert pace.refused == ["paced", "paced"]  # not retried
     assert len(deribit.requests) == 3  # the paced ones never reached Deribit
 
 

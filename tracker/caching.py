@@ -8,6 +8,8 @@ from apispec import BasePlugin
 from flask import current_app, g, request
 from werkzeug.http import http_date
 
+from tracker.deribit import paced_seconds
+
 # A range that ended before the backfill window can no longer change (the backfill looks no
 # further back and the live fetch writes only the current slot): a cache may keep it for hours.
 SETTLED_MAX_AGE = 6 * 3600
@@ -81,7 +83,8 @@ def max_age_for(range_end, now, config):
     if range_end is not None and range_end < now - config["BACKFILL_WINDOW"]:
         return SETTLED_MAX_AGE
     interval = config["FETCH_INTERVAL"]
-    settle = min(FETCH_SETTLE_SECONDS, interval // 4)
+    # A long list (TICKERS=all) is paced: its last tickers are asked that much later.
+    settle = min(FETCH_SETTLE_SECONDS + paced_seconds(len(config["TICKERS"])), interval // 4)
     slot = now // interval * interval
     # Just after a slot starts its fetch may not have landed yet: only until it should have.
     due = slot + settle if now < slot + settle else slot + interval + settle

@@ -40,6 +40,9 @@ DEFAULTS = {
 
 # The Flask-SQLAlchemy bind of the read-only, autocommit engine.
 READ_BIND = "read"
+# The default bind, DATABASE_URL: the jobs read there what they write, never on a replica (the
+# backfill must see the primary's holes, not the replica's view of a moment ago).
+WRITE_BIND = None
 
 # Deribit index names: lower-case currency pairs such as btc_usd, eth_usdc, btcdvol_usdc.
 TICKER_RE = re.compile(r"^[a-z0-9]+_[a-z0-9]+$")

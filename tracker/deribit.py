@@ -64,6 +64,16 @@ class InvalidPrice(DeribitError):
     finite; chart data or an index list that is not a list."""
 
 
+def paced_seconds(count):
+    """How long RequestPace makes a cycle of `count` requests wait: the burst goes at once, the
+    rest at the rate."""
+    return max(0, count - BURST_REQUESTS) / REQUESTS_PER_SECOND
+
+
+# The reason of a request refused its turn by RequestPace: never retried.
+PACED = "paced"
+
+
 class RequestPace:
     """A token bucket shared by every request of a client: `burst` at once, then `rate` a second.
 
@@ -90,7 +100,7 @@ class RequestPace:
                 self._tokens += 1  # not taken after all
                 raise DeribitUnavailable(
                     f"Deribit's rate limit leaves no turn before the deadline ({pause:.2f}s away)",
-                    "paced",
+                    PACED,
                 )
         if pause:
             time.sleep(pause)
@@ -167,6 +177,8 @@ class DeribitClient:
             try:
                 return self._request(method, params, parse, deadline)
             except DeribitUnavailable as exc:
+                if exc.reason == PACED:
+                    raise  # a later try's turn only comes later: fail at once, as documented
                 pause = self.backoff * 2 ** (attempt - 1)
                 if attempt == self.attempts or time.monotonic() + pause >= deadline:
                     raise DeribitUnavailable(

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from flask import current_app
 from sqlalchemy.exc import SQLAlchemyError
 
+from tracker.config import WRITE_BIND
 from tracker.deribit import DeribitClient, DeribitError, chart_range_for
 from tracker.extensions import db
 from tracker.metrics import record_backfill, record_fetches
@@ -119,7 +120,7 @@ def backfill_prices(tickers=None, since=None, until=None, now=None):
     reports = {}
     for ticker in tickers or config["TICKERS"]:
         if since is None:
-            oldest = oldest_timestamp(ticker)
+            oldest = oldest_timestamp(ticker, bind=WRITE_BIND)
             if oldest is None:
                 reports[ticker] = _report(0, 0, {}, note="no price stored yet")
                 continue
@@ -134,7 +135,7 @@ def backfill_prices(tickers=None, since=None, until=None, now=None):
 
 
 def _backfill_ticker(ticker, interval, first_slot, last_slot, now, deadline):
-    gaps, _, missing = missing_slots(ticker, interval, first_slot, last_slot)
+    gaps, _, missing = missing_slots(ticker, interval, first_slot, last_slot, bind=WRITE_BIND)
     if not missing:
         return _report(0, 0, {})
     chart_range = chart_range_for(now - gaps[0][0] * interval)

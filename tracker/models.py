@@ -231,9 +231,9 @@ def price_range(ticker, *, start=None, end=None, source=None):
     return _RANGE_OF_SOURCE, {**params, "source": source}
 
 
-def oldest_timestamp(ticker):
+def oldest_timestamp(ticker, bind=READ_BIND):
     """The timestamp of the first stored row of `ticker`, or None."""
-    rows = read(_OLDEST, ticker=ticker)
+    rows = read(_OLDEST, bind=bind, ticker=ticker)
     return rows[0][0] if rows else None
 
 
@@ -242,7 +242,7 @@ def window_slots(interval, seconds, now):
     return math.ceil((now - seconds) / interval), int(now) // interval - 1
 
 
-def missing_slots(ticker, interval, first_slot, last_slot, limit=None):
+def missing_slots(ticker, interval, first_slot, last_slot, limit=None, bind=READ_BIND):
     """The holes in `ticker`'s slots first_slot..last_slot (slot = timestamp // interval).
 
     Returns (ranges, gap_count, missing): up to `limit` (first, last) slot ranges with no row,
@@ -253,6 +253,7 @@ def missing_slots(ticker, interval, first_slot, last_slot, limit=None):
         return [], 0, 0
     rows = read(
         _GAPS,
+        bind=bind,
         ticker=ticker,
         interval=interval,
         first_slot=first_slot,
@@ -289,7 +290,7 @@ def stored_ticker_names():
     return sorted(row[0] for row in read(_STORED_TICKERS))
 
 
-def read(query, **params):
+def read(query, *, bind=READ_BIND, **params):
     """The rows of a prebuilt read-only query, as tuples, on the autocommit read pool.
 
     One round trip to PostgreSQL (a session adds BEGIN and ROLLBACK, pre-ping a SELECT 1),
@@ -297,9 +298,9 @@ def read(query, **params):
     it cost 60 of the 310 us of CPU /prices/latest took in-process (docs/PERFORMANCE.md).
     Errors become SQLAlchemy's, as from any other query. The read pool does not pre-ping
     (config.py): a connection a database restart killed fails once, is replaced, and the
-    read runs again.
+    read runs again. `bind` WRITE_BIND reads on DATABASE_URL instead (what the jobs need).
     """
-    engine = db.engines[READ_BIND]
+    engine = db.engines[bind]
     if engine.dialect.name != "postgresql":
         # SQLite (make run): no network round trips to save; SQLAlchemy's own path, whose
         # ExactDecimal turns the stored text back into Decimal.

@@ -248,6 +248,15 @@ class PricesCheckSchema(CheckSchema):
         values=fields.Nested(TickerFreshnessSchema),
         metadata={"description": "Absent when the database failed.", "optional": True},
     )
+    never_priced = fields.List(
+        fields.String(),
+        metadata={
+            "description": "With TICKERS=all only: tracked tickers that have no price stored"
+            " yet (an index Deribit lists but does not price), not counted as a failure while"
+            " any ticker has one.",
+            "optional": True,
+        },
+    )
 
 
 class ReadinessChecksSchema(ResponseSchema):

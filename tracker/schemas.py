@@ -8,10 +8,9 @@ from datetime import UTC, date, datetime
 from http import HTTPStatus
 
 from flask import current_app, request
-from flask_smorest import abort
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
-from tracker.models import DAY_SECONDS, SOURCES, oldest_timestamp
+from tracker.models import SOURCES
 from tracker.queries import INTERVALS, bucket_start
 
 # UNIX seconds the API accepts: 1970-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
@@ -213,7 +212,7 @@ class PriceFormatArgsSchema(Schema):
 
 class SpanLimit:
     """The longest `from`..`to` a range may span, in days, held by a setting (MAX_RANGE_DAYS,
-    MAX_CSV_DAYS): the spec describes it and the view checks it (`check`).
+    MAX_CSV_DAYS): the spec describes it, and the view checks it (api.check_span).
 
     `csv_only`: it bounds CSV downloads only (a JSON page is bounded by its `limit`).
     `open_from`: a range without `from` starts at the first stored price (else the endpoint
@@ -230,47 +229,8 @@ class SpanLimit:
         open_from = ", or after the first stored price without `from`" if self.open_from else ""
         return (
             f"{scope} may be at most {config[self.setting]} days ({self.setting}) after"
-            f" `from`{open_from}; more is a 422."
+            f" `from`{open_from}; more is a 422. A `to` after now counts as now."
         )
-
-    def check(self, ticker, start, end):
-        """A 422 naming `from` when [start, end] spans more than the setting allows.
-
-        `start` None is a range left open, which starts at the ticker's first stored price
-        (an index lookup): the whole history is served while it fits, and refused rather than
-        cut short once it does not, so a download never silently lacks its oldest rows.
-        """
-        days = current_app.config[self.setting]
-        open_range = start is None
-        if open_range:
-            start = oldest_timestamp(ticker)
-            if start is None:  # nothing stored: nothing to bound
-                return
-        if end - start <= days * DAY_SECONDS:
-            return
-        earliest = end - days * DAY_SECONDS
-        where = (
-            f"Without `from` the range starts at the first stored price of {ticker}"
-            f" ({_iso(start)}), and it spans"
-            if open_range
-            else "This range spans"
-        )
-        abort(
-            HTTPStatus.UNPROCESSABLE_ENTITY,
-            errors={
-                "query": {
-                    "from": [
-                        f"{where} more than {days} days, the most {self.setting} allows:"
-                        f" use a `from` at or after {_iso(earliest)} ({earliest}) and ask for"
-                        " the rest in parts."
-                    ]
-                }
-            },
-        )
-
-
-def _iso(timestamp):
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # A CSV is every row of its range; /prices/stats and /prices/gaps read every row of theirs.

@@ -5,7 +5,13 @@ import logging
 from sqlalchemy.exc import SQLAlchemyError
 
 from tracker.config import ALL_TICKERS, ConfigError
-from tracker.deribit import BURST_REQUESTS, REQUESTS_PER_SECOND, DeribitClient, DeribitError
+from tracker.deribit import (
+    BURST_REQUESTS,
+    REQUESTS_PER_SECOND,
+    DeribitClient,
+    DeribitError,
+    paced_seconds,
+)
 from tracker.extensions import db
 from tracker.models import stored_ticker_names
 
@@ -28,7 +34,9 @@ def resolve_tickers(app):
     a ConfigError says why (wsgi.py and the flask CLI print it as one line).
     """
     config = app.config
-    if config["TICKERS"] == ALL_TICKERS:
+    # Kept for /readyz: Deribit's list may hold indexes it never prices.
+    config["TICKERS_ALL"] = config["TICKERS"] == ALL_TICKERS
+    if config["TICKERS_ALL"]:
         config["TICKERS"] = _all_tickers(app)
     _warn_if_too_fast(config["TICKERS"], config["FETCH_INTERVAL"])
 
@@ -91,7 +99,7 @@ def _stored_tickers(app):
 def _warn_if_too_fast(tickers, interval):
     """One warning when a fetch cycle of `tickers` cannot keep within Deribit's rate limit."""
     per_second = len(tickers) / interval
-    pacing = max(0, len(tickers) - BURST_REQUESTS) / REQUESTS_PER_SECOND
+    pacing = paced_seconds(len(tickers))
     if per_second > REQUESTS_PER_SECOND or pacing >= 0.8 * interval:
         log.warning(
             "%d tickers every %d s: %.1f requests a second, each cycle paced for %.1f s"

@@ -1,8 +1,15 @@
 """The REST API under /api/v1: one flask-smorest blueprint, its views by subject in this package."""
 
+import time
+from datetime import UTC, datetime
+from http import HTTPStatus
+
+from flask import current_app
+from flask_smorest import abort
 from marshmallow import RAISE
 
 from tracker.extensions import Blueprint, ErrorSchema
+from tracker.models import DAY_SECONDS, oldest_timestamp
 from tracker.schemas import error_body
 
 blp = Blueprint(
@@ -29,6 +36,51 @@ def query_args(schema, remember=False):
     if remember:
         blp.ARGUMENTS_PARSER.remembered.add(id(instance))  # alive as long as the view
     return blp.arguments(instance, location="query", unknown=RAISE, as_kwargs=False)
+
+
+def check_span(limit, ticker, start, end):
+    """A 422 naming `from` when [start, end] spans more than `limit` (a schemas.SpanLimit)
+    allows.
+
+    Measured up to now: `end` None (no `to`) or later is now, since nothing is stored later
+    (to=9999-12-31 means "up to now", not a hint to start in 9997). `start` None is a range
+    left open, which starts at the ticker's first stored price (an index lookup): the whole
+    history is served while it fits, and refused rather than cut short once it does not, so a
+    download never silently lacks its oldest rows.
+    """
+    days = current_app.config[limit.setting]
+    now = int(time.time())
+    end = now if end is None else min(end, now)
+    open_range = start is None
+    if open_range:
+        start = oldest_timestamp(ticker)
+        if start is None:  # nothing stored: nothing to bound
+            return
+    if end - start <= days * DAY_SECONDS:
+        return
+    earliest = end - days * DAY_SECONDS
+    where = (
+        f"Without `from` the range starts at the first stored price of {ticker}"
+        f" ({_iso(start)}), and it spans"
+        if open_range
+        else "This range spans"
+    )
+    abort(
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        errors={
+            "query": {
+                "from": [
+                    f"{where} more than {days} days, the most {limit.setting} allows:"
+                    f" use a `from` at or after {_iso(earliest)} ({earliest}) and ask for"
+                    " the rest in parts."
+                ]
+            }
+        },
+    )
+
+
+def _iso(timestamp):
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _header(description, example):

@@ -4,7 +4,14 @@ import time
 
 from flask.views import MethodView
 
-from tracker.api import LINK_HEADER, blp, csv_documented, documented_errors, query_args
+from tracker.api import (
+    LINK_HEADER,
+    blp,
+    check_span,
+    csv_documented,
+    documented_errors,
+    query_args,
+)
 from tracker.api.formats import (
     CANDLE_CSV,
     CANDLE_CSV_HEADER,
@@ -83,7 +90,7 @@ class Candles(MethodView):
             return "true" if bucket + width <= now else "false"
 
         if args["format"] == "csv":
-            CSV_SPAN.check(args["ticker"], args.get("start"), args.get("end", int(now)))
+            check_span(CSV_SPAN, args["ticker"], args.get("start"), args.get("end"))
             range_ends_at(high)
             query, params = candle_statement(args["ticker"], width, low, high)
             name = csv_filename(

@@ -7,7 +7,7 @@ from decimal import ROUND_DOWN, Decimal
 from flask import current_app
 from flask.views import MethodView
 
-from tracker.api import blp, documented_errors, query_args
+from tracker.api import blp, check_span, documented_errors, query_args
 from tracker.api.prices import PRICE_EXAMPLE
 from tracker.caching import range_ends_at
 from tracker.models import (
@@ -57,7 +57,7 @@ class PriceGaps(MethodView):
         end = args.get("end", int(now))
         range_ends_at(end)
         start = args.get("start", end - DAY_SECONDS)
-        GAPS_SPAN.check(args["ticker"], start, end)
+        check_span(GAPS_SPAN, args["ticker"], start, end)
         first = math.ceil(start / interval)
         last = min(end // interval, int(now) // interval - 1)
         gaps, gap_count, missing = missing_slots(

@@ -1,13 +1,19 @@
 """The price endpoints: pages, the latest, a day, a moment, a range's statistics; CSV too."""
 
-import time
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 
 from flask.views import MethodView
 from flask_smorest import abort
 
-from tracker.api import LINK_HEADER, blp, csv_documented, documented_errors, query_args
+from tracker.api import (
+    LINK_HEADER,
+    blp,
+    check_span,
+    csv_documented,
+    documented_errors,
+    query_args,
+)
 from tracker.api.formats import (
     PRICE_CSV,
     PRICE_CSV_HEADER,
@@ -87,7 +93,7 @@ class Prices(MethodView):
         streamed download instead: `ticker,price,timestamp,source` lines, newest first.
         """
         if args["format"] == "csv":
-            CSV_SPAN.check(args["ticker"], args.get("start"), args.get("end", int(time.time())))
+            check_span(CSV_SPAN, args["ticker"], args.get("start"), args.get("end"))
             range_ends_at(args.get("end"))
             return prices_csv(args, args.get("start"), args.get("end"))
         range_ends_at(_page_end(args.get("end"), _before(args)))
@@ -219,7 +225,7 @@ class PriceStats(MethodView):
         with no price in the range, count is 0 and everything else null.
         `price_format=string` writes prices, mean, change and change in % as strings.
         """
-        STATS_SPAN.check(args["ticker"], args.get("start"), args.get("end", int(time.time())))
+        check_span(STATS_SPAN, args["ticker"], args.get("start"), args.get("end"))
         range_ends_at(args.get("end"))
         stats = range_stats(args["ticker"], args.get("start", 0), args.get("end", LAST))
         mean = change = percent = None
