@@ -35,6 +35,7 @@ from tests.conftest import (
 )
 from tests.fake_deribit import FakeDeribit
 from tracker import create_app
+from tracker.config import load_config
 from tracker.deribit import BURST_REQUESTS, REQUESTS_PER_SECOND
 from tracker.extensions import fetch_queue
 from tracker.jobs import fetch_prices
@@ -43,6 +44,9 @@ from tracker.schemas import encode_cursor
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TICKER = "btc_usd"
+# The ticker whose fetch has not landed: its newest row is older than the current slot, so
+# every /prices/latest of it runs the query (the moment after each slot turn in production).
+PENDING_TICKER = "eth_usd"
 TICKERS = "btc_usd,eth_usd"
 ROWS_PER_DAY = 1440 * len(TICKERS.split(","))
 # wrk cycles through the paths it is given: one per request, round robin, per connection.
@@ -52,7 +56,7 @@ local i = 0
 function init(args) for _, p in ipairs(args) do paths[#paths + 1] = p end end
 function request() i = i % #paths + 1; return wrk.format("GET", paths[i]) end
 """
-ENDPOINTS = ("latest", "first page", "deep page", "by-date day", "at middle")
+ENDPOINTS = ("latest", "latest query", "first page", "deep page", "by-date day", "at middle")
 # /prices/latest straight to gunicorn and through docs/nginx.conf's cache; each also with the
 # If-None-Match a polling client sends (a 304 without a body).
 CACHE_CELLS = ("gunicorn", "nginx cache", "gunicorn 304", "nginx cache 304")
@@ -80,6 +84,7 @@ def main(argv=None):
         "ranges": [],
     }
     servers = []
+    fetcher = None
     try:
         api = start_gunicorn(["wsgi:app"], env, workdir / "api.log", servers)
         raw = start_gunicorn(
@@ -95,12 +100,24 @@ def main(argv=None):
             servers,
         )
         load = Load(wrk, workdir / "paths.lua", options, database_url)
+        interval = load_config(env)["FETCH_INTERVAL"]
         for size in options.sizes:
+            if fetcher:
+                fetcher.finish()
             if options.days:
                 results["seeds"].append(seed_history(database_url, options.tickers, size))
             else:
                 results["seeds"].append(seed(database_url, size, env))
             rows, first, last = table_span(database_url)
+            # As in production from here on: the worker stores TICKER's price at each slot
+            # turn; PENDING_TICKER's fetch has not landed (its seeded current minute goes).
+            fetcher = CurrentSlotFetcher(database_url, TICKER, interval)
+            fetcher.start()
+            sql(
+                database_url,
+                f"DELETE FROM price_records WHERE ticker = '{PENDING_TICKER}'"
+                f" AND timestamp >= {int(time.time()) // interval * interval}",
+            )
             plan = [(const, "constant", ["/constant"], "floor")]
             for name, api_paths, raw_paths in endpoint_paths(first, last):
                 plan += [(api, name, api_paths, "api"), (raw, name, raw_paths, "raw")]
@@ -108,14 +125,18 @@ def main(argv=None):
             results["cells"] += load.best_of(plan, rows)
             results["history"] += history_timings(api.base_url, rows, last)
             results["ranges"] += range_timings(api.base_url, rows, last)
+        # No new price from here on: the 304 cells send the ETag of the answer they start with.
+        fetcher.finish()
         # On the largest table: two years of one ticker when the table is 2.1 million rows.
         results["cache"] = cache_cells(load, api, rows, workdir, servers)
-        results["csv"] = csv_download(api)
+        results["csv"] = csv_download(api, last)
         results["latest_during_csv"] = latest_during_downloads(load, api, rows)
         results["rss_web_worker_kb"] = max(vm_rss(pid) for pid in children(api.pid))
         results["fetch"], results["rss_rq_worker_kb"] = fetch_cycle(database_url, options, env)
         results["fetch_all"] = fetch_cycle_all(database_url, options)
     finally:
+        if fetcher:
+            fetcher.stop.set()
         for process in servers:
             stop_process_group(process)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -157,8 +178,8 @@ def _parse(argv):
     options = parser.parse_args(argv)
     if options.tickers != 2 and not options.days:
         parser.error("--tickers needs --days (flask seed, behind --sizes, seeds two tickers)")
-    if not 1 <= options.tickers <= 99:
-        parser.error("--tickers is 1 to 99")
+    if not 2 <= options.tickers <= 99:
+        parser.error(f"--tickers is 2 to 99 ({PENDING_TICKER}, the second, has a fetch pending)")
     options.tickers = ticker_names(options.tickers)
     if options.days:
         minutes = [round(float(days) * 1440) for days in options.days.split(",")]
@@ -363,6 +384,46 @@ def seed_history(database_url, tickers, rows):
     return result
 
 
+# The live fetch's insert of a price for the current slot (insert-ignore): here the ticker's
+# newest price again, as if the index had not moved.
+STORE_CURRENT_SLOT = (
+    "INSERT INTO price_records (ticker, timestamp, price, source)"
+    " SELECT ticker, %(slot)s, price, 'live' FROM price_records WHERE ticker = %(ticker)s"
+    " ORDER BY timestamp DESC LIMIT 1 ON CONFLICT (ticker, timestamp) DO NOTHING"
+)
+
+
+class CurrentSlotFetcher(threading.Thread):
+    """The worker's part in production's steady state: `ticker`'s price stored for the current
+    slot at each slot turn (at once: a real fetch lands within about a second), so that the
+    newest row /prices/latest finds is the current slot's, as it is while a tracker runs."""
+
+    def __init__(self, database_url, ticker, interval):
+        super().__init__(daemon=True)
+        self.database_url, self.ticker, self.interval = database_url, ticker, interval
+        self.stop, self.error = threading.Event(), None
+
+    def run(self):
+        connection = pg_connect(self.database_url)
+        connection.autocommit = True
+        try:
+            with connection.cursor() as cursor:
+                while not self.stop.is_set():
+                    slot = int(time.time()) // self.interval * self.interval
+                    cursor.execute(STORE_CURRENT_SLOT, {"slot": slot, "ticker": self.ticker})
+                    self.stop.wait(slot + self.interval - time.time() + 0.001)
+        except Exception as exc:  # reported by finish(): the bench must not measure without it
+            self.error = exc
+        finally:
+            connection.close()
+
+    def finish(self):
+        self.stop.set()
+        self.join()
+        if self.error:
+            raise SystemExit(f"the current slot's fetcher failed: {self.error!r}")
+
+
 def table_span(database_url):
     """Rows in the table, and the first and last timestamp of the ticker under load."""
     (count,) = sql(database_url, "SELECT count(*) FROM price_records")[0]
@@ -383,6 +444,11 @@ def endpoint_paths(first, last):
     second_page = day + 86340 - 999 * 60  # the day is two pages: 1,000 rows, then 440
     return [
         ("latest", [f"{api}/latest?ticker={TICKER}"], [f"/latest?ticker={TICKER}"]),
+        (
+            "latest query",
+            [f"{api}/latest?ticker={PENDING_TICKER}"],
+            [f"/latest?ticker={PENDING_TICKER}"],
+        ),
         ("first page", [f"{api}?ticker={TICKER}"], [f"/page?ticker={TICKER}"]),
         (
             "deep page",
@@ -591,13 +657,14 @@ def _download(url):
     return lines, size, time.perf_counter() - started
 
 
-def csv_download(api):
-    """Download all of one ticker's history as CSV; rows per second and workers' memory growth.
+def csv_download(api, last):
+    """Download all of one ticker's seeded history (to `last`: not the rows the fetcher added)
+    as CSV; rows per second and workers' memory growth.
 
     The memory is every gunicorn worker's VmRSS before and after (whichever served it), and
     the largest growth is kept: it must stay flat however long the download.
     """
-    url = f"{api.base_url}/api/v1/prices?ticker={TICKER}&format=csv"
+    url = f"{api.base_url}/api/v1/prices?ticker={TICKER}&format=csv&to={last}"
     _download(url)  # once, so that the worker's first-use allocations are not counted
     workers = children(api.pid)
     before = {pid: vm_rss(pid) for pid in workers}

@@ -2,13 +2,16 @@
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy.engine import make_url
 
 from tests.conftest import ADMIN_DATABASE_URL, admin_connection
-from tracker.models import insert_prices
+from tracker import caching
+from tracker.api import prices
+from tracker.models import insert_prices, latest_price
 from tracker.responses import PricePageSchema, PriceSchema
 from tracker.schemas import encode_cursor
 
@@ -131,6 +134,103 @@ def test_latest_parses_each_query_string_once_per_app_and_never_keeps_a_refusal(
         repeated = both.get(f"{url}&ticker=eth_usd")
         assert repeated.status_code == 422 and "Given 2 times" in repeated.text
     assert both.get(url).json == both.get(url).json
+
+
+# /prices/latest keeps a ticker's newest row while it is the current slot's (FETCH_INTERVAL=60).
+SLOT = DAY + 3600
+LATEST = "/api/v1/prices/latest?ticker=btc_usd"
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """The clock of /prices/latest and of its cache headers, set by the test (clock.now)."""
+    clock = SimpleNamespace(now=SLOT + 10)
+    fake = SimpleNamespace(time=lambda: clock.now)
+    monkeypatch.setattr(prices, "time", fake)
+    monkeypatch.setattr(caching, "time", fake)
+    return clock
+
+
+@pytest.fixture
+def latest_queries(monkeypatch):
+    """The tickers /prices/latest asked the database for, one entry per query."""
+    asked = []
+
+    def counted(ticker):
+        asked.append(ticker)
+        return latest_price(ticker)
+
+    monkeypatch.setattr(prices, "latest_price", counted)
+    return asked
+
+
+def test_latest_of_the_current_slot_is_answered_without_a_query_until_the_slot_ends(
+    app, client, clock, latest_queries
+):
+    seed(app, "btc_usd", [SLOT - 60, SLOT])
+    first = client.get(LATEST)
+    assert first.json["timestamp"] == SLOT and latest_queries == ["btc_usd"]
+    for now in (SLOT + 10, SLOT + 30, SLOT + 59):
+        clock.now = now
+        assert client.get(LATEST).json == first.json
+    assert latest_queries == ["btc_usd"]
+    # The slot turns: the database is asked on every request until the next fetch lands...
+    clock.now = SLOT + 60
+    assert [client.get(LATEST).json["timestamp"] for _ in range(2)] == [SLOT, SLOT]
+    assert len(latest_queries) == 3
+    # ...whose price is served at once, and then kept in its turn.
+    seed(app, "btc_usd", [SLOT + 60], price=lambda i: Decimal("81234.5"))
+    assert [client.get(LATEST).json["price"] for _ in range(3)] == [81234.5] * 3
+    assert len(latest_queries) == 4
+
+
+def test_latest_older_than_the_current_slot_is_asked_every_time_and_a_new_price_served_at_once(
+    app, client, clock, latest_queries
+):
+    assert client.get(LATEST).status_code == 404  # nothing stored: never kept either
+    seed(app, "btc_usd", [SLOT - 60])
+    for _ in range(3):
+        assert client.get(LATEST).json["timestamp"] == SLOT - 60
+    assert len(latest_queries) == 4
+    seed(app, "btc_usd", [SLOT], price=lambda i: Decimal("81234.5"))
+    response = client.get(LATEST)
+    assert (response.json["timestamp"], response.json["price"]) == (SLOT, 81234.5)
+    # A row of a later slot (from a worker whose clock runs ahead) is served, never kept.
+    seed(app, "eth_usd", [SLOT + 60])
+    for _ in range(2):
+        assert client.get("/api/v1/prices/latest?ticker=eth_usd").json["timestamp"] == SLOT + 60
+    assert latest_queries[-2:] == ["eth_usd", "eth_usd"]
+
+
+@pytest.mark.parametrize("query", ["", "&price_format=string"])
+def test_a_kept_latest_is_the_same_answer_as_a_queried_one(
+    app, client, clock, latest_queries, query
+):
+    seed(app, "btc_usd", [SLOT], price=lambda i: Decimal("86955.70"))
+    seed(app, "eth_usd", [SLOT - 60], price=lambda i: Decimal("2950.10"))
+
+    def answer(ticker, **headers):
+        response = client.get(f"/api/v1/prices/latest?ticker={ticker}{query}", headers=headers)
+        kept = {k: v for k, v in response.headers.items() if k not in ("Date", "X-Request-ID")}
+        return response.status_code, kept, response.data
+
+    queried = answer("btc_usd")  # asked the database, and kept
+    assert answer("btc_usd") == queried and latest_queries == ["btc_usd"]
+    assert b'"price":"86955.70"' in queried[2] if query else b'"price":86955.70,' in queried[2]
+    etag = queried[1]["ETag"]
+    assert answer("btc_usd", **{"If-None-Match": etag})[0] == 304
+    assert latest_queries == ["btc_usd"]
+    # Another ticker is its own: eth_usd's newest row is older than the slot, asked each time.
+    assert answer("eth_usd") == answer("eth_usd")
+    assert latest_queries == ["btc_usd", "eth_usd", "eth_usd"]
+
+
+def test_each_app_keeps_its_own_latest(make_app, clock, latest_queries):
+    first, second = make_app(), make_app()
+    seed(first, "btc_usd", [SLOT])
+    assert first.test_client().get(LATEST).json["timestamp"] == SLOT
+    assert second.test_client().get(LATEST).json["timestamp"] == SLOT
+    assert len(latest_queries) == 2
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 
+from flask import current_app
 from flask.views import MethodView
 from flask_smorest import abort
 
@@ -127,10 +128,38 @@ class LatestPrice(MethodView):
         FETCH_INTERVAL it is at most that old while the worker runs (/tickers gives its age).
         404 until the first price of the ticker is stored.
         """
-        row = latest_price(args["ticker"])
+        row = current_latest_price(args["ticker"])
         if row is None:
             abort(404, message=f"No price stored for {args['ticker']} yet.")
         return json_response(PRICE_JSON[args["price_format"]] % tuple(row))
+
+
+def current_latest_price(ticker):
+    """latest_price(ticker), answered from memory while it is the current slot's row.
+
+    Exact, not a cache with a lifetime: the live fetch writes only the current slot
+    (jobs.fetch_prices), the backfill never the last two, and a stored row is never replaced
+    (insert-ignore). So once a ticker's newest row is this slot's, nothing newer can be stored
+    before the slot ends, and that row is the answer until then: kept, one per ticker, per
+    process. While the newest row is older (this slot's fetch has not landed) nothing is kept:
+    every request asks the database, so a price is served as soon as it is stored. The slot is
+    this process's clock: a worker whose clock runs d seconds ahead stores the next slot d
+    seconds before this process stops answering the previous one (docs/PERFORMANCE.md).
+    A kept row is also the answer while the database is down, until its slot ends.
+    """
+    app = current_app._get_current_object()  # one LocalProxy lookup
+    interval = app.config["FETCH_INTERVAL"]
+    slot = int(time.time()) // interval * interval
+    kept = app.extensions.setdefault("current_prices", {})  # {ticker: (slot, row)}, per app
+    kept_for, row = kept.get(ticker, NOTHING_KEPT)
+    if kept_for != slot:
+        row = latest_price(ticker)
+        if row is not None and row[2] == slot:  # the rule that makes it exact
+            kept[ticker] = (slot, row)  # replaced whole: a thread reads the old or the new
+    return row
+
+
+NOTHING_KEPT = (None, None)
 
 
 @blp.route("/prices/by-date")
