@@ -1,5 +1,6 @@
 """The price endpoints: pages, the latest, a day, a moment, a range's statistics; CSV too."""
 
+import time
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 
