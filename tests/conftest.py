@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -67,7 +68,13 @@ def _migrate(database_url):
 @pytest.fixture(scope="session")
 def postgres_url():
     """A fresh PostgreSQL database for this test run, migrated, dropped at the end."""
-    name = f"tracker_test_{os.getpid()}_{secrets.token_hex(3)}"
+    with migrated_database(f"tracker_test_{os.getpid()}_{secrets.token_hex(3)}") as url:
+        yield url
+
+
+@contextmanager
+def migrated_database(name):
+    """A new PostgreSQL database `name` with the project's migrations; dropped on exit."""
     admin = admin_connection()
     with admin.cursor() as cursor:
         cursor.execute(f'CREATE DATABASE "{name}"')

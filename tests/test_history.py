@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import _migrate, admin_connection
+from tests.conftest import migrated_database
 from tests.fake_deribit import chart_reply, error_reply
 from tests.test_observability import metric
 from tracker.extensions import db
@@ -108,18 +108,8 @@ def test_the_window_starts_at_the_first_stored_row_and_spares_the_newest_slots(a
 def read_database(postgres_url):
     """A second PostgreSQL database, migrated: what READ_DATABASE_URL points at (a replica
     stands in; no replication needed to tell which database a query went to)."""
-    name = f"{make_url(postgres_url).database}_read"
-    admin = admin_connection()
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        _migrate(url)
+    with migrated_database(f"{make_url(postgres_url).database}_read") as url:
         yield url
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
