@@ -77,7 +77,7 @@ def test_a_configured_origin_list_allows_only_those(make_app, deribit):
 
 def test_a_configured_origin_list_makes_every_answer_vary_by_origin(make_app, deribit):
     """Allowed, refused or no Origin: each gets another answer, so a cache must keep them apart
-    (flask-cors alone says Vary: Origin only for an allowed one of several origins)."""
+    (tracker/cors.py says Vary: Origin on each of them)."""
     client = make_app(CORS_ORIGINS=DASHBOARD).test_client()
     url = "/api/v1/tickers"
     for headers in ({"Origin": DASHBOARD}, {"Origin": "https://evil.example"}, {}):
@@ -88,3 +88,15 @@ def test_a_configured_origin_list_makes_every_answer_vary_by_origin(make_app, de
     anyone = make_app().test_client().get(url, headers={"Origin": DASHBOARD})
     assert anyone.headers["Access-Control-Allow-Origin"] == "*"
     assert "Origin" not in anyone.headers["Vary"]
+
+
+def test_the_spec_and_preflights_say_how_long_and_for_whom(make_app, deribit):
+    client = make_app(CORS_ORIGINS=DASHBOARD).test_client()
+    spec = client.get("/openapi.json", headers={"Origin": DASHBOARD})
+    assert spec.headers["Access-Control-Allow-Origin"] == DASHBOARD
+    assert "Origin" in spec.headers["Vary"]  # another origin gets no ACAO: keep them apart
+    allowed = preflight(client, "/api/v1/tickers", DASHBOARD)
+    assert allowed.headers["Access-Control-Max-Age"] == "86400"
+    assert "Access-Control-Expose-Headers" not in allowed.headers  # for the GET that follows
+    refused = client.get("/openapi.json", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in refused.headers

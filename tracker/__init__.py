@@ -11,11 +11,11 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from tracker import caching, logs, observability, ratelimit, security
+from tracker import caching, cors, logs, observability, ratelimit, security
 from tracker.config import ConfigError, load_config
 
 # Aliased: importing the tracker.api module below would shadow a plain `api` name here.
-from tracker.extensions import ExactJSONProvider, cors, db, migrate
+from tracker.extensions import ExactJSONProvider, db, migrate
 from tracker.extensions import api as rest_api
 from tracker.models import ExactSum
 from tracker.schemas import error_body
@@ -65,17 +65,6 @@ API_SETTINGS = {
     },
 }
 
-# Read-only public data, no cookies: browsers on the allowed origins (CORS_ORIGINS) may read the
-# API and its spec. Link, Retry-After and the rate-limit headers are exposed so browser code can
-# paginate and back off.
-CORS_SETTINGS = {
-    "resources": [r"/api/.*", "/openapi.json"],
-    "methods": ["GET", "HEAD", "OPTIONS"],
-    "expose_headers": ["Link", "Retry-After", *ratelimit.RATE_LIMIT_HEADERS],
-    "send_wildcard": True,  # "*" (cacheable by anyone) rather than echoing each Origin
-    "max_age": 86400,
-}
-
 
 def create_app(test_config=None):
     """Build the app from the environment; `test_config` overrides it (same validation)."""
@@ -94,7 +83,7 @@ def create_app(test_config=None):
     migrate.init_app(app, db)
     resolve_tickers(app)  # TICKERS=all asks Deribit here: before the spec's enum is built
     rest_api.init_app(app)
-    cors.init_app(app, origins=app.config["CORS_ORIGINS"], **CORS_SETTINGS)
+    cors.init_app(app)
 
     from tracker.api import blp
     from tracker.pages import bp as pages

@@ -40,16 +40,12 @@ def _cache_headers(response):
     # Which headers the view set, read once: `name in headers` raises and catches a KeyError
     # for every absent name, and set() scans the list, where add() appends.
     present = {name.lower() for name, _ in headers}
-    # /prices, /prices/by-date and /candles answer JSON or CSV by the Accept header.
-    # With a list of CORS_ORIGINS, Access-Control-Allow-Origin names the request's Origin or is
-    # absent (flask-cors says Vary: Origin only when several could match, and not on a refusal):
-    # a cache must keep one answer per Origin. With "*" every origin gets the same answer.
-    vary = ("Accept",) if current_app.config["CORS_ORIGINS"] == "*" else ("Accept", "Origin")
+    # /prices, /prices/by-date and /candles answer JSON or CSV by the Accept header (cors.py adds
+    # Origin when the answer depends on it).
     if "vary" in present:
-        for name in vary:
-            response.vary.add(name)
+        response.vary.add("Accept")
     else:
-        headers.add("Vary", ", ".join(vary))
+        headers.add("Vary", "Accept")
     max_age = max_age_for(g.get("range_end"), time.time(), current_app.config)
     headers.set("Cache-Control", f"public, max-age={max_age}")
     if not response.is_streamed:  # a CSV download is streamed: hashing it would buffer it

@@ -50,8 +50,7 @@ TICKER_RE = re.compile(r"^[a-z0-9]+_[a-z0-9]+$")
 MAX_TICKER_LENGTH = 32
 # TICKERS=all: every index Deribit lists, asked once when each process starts (tracker/tickers.py).
 ALL_TICKERS = "all"
-# A browser Origin: scheme, host and optional port, no path. Plain text only, because
-# flask-cors treats an origin containing regex characters (*, ?, [...]) as a regex.
+# A browser Origin: scheme, host and optional port, no path; tracker/cors.py compares it as text.
 ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
 
 

@@ -7,7 +7,6 @@ import flask_smorest
 import simplejson
 from flask import current_app, json, request
 from flask.json.provider import DefaultJSONProvider
-from flask_cors import CORS
 from flask_migrate import Migrate
 from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
@@ -199,7 +198,6 @@ class TrackerApi(Api):
 db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING_CONVENTION))
 migrate = Migrate()
 api = TrackerApi()
-cors = CORS()
 
 
 class ExactJSONProvider(DefaultJSONProvider):
